@@ -1,0 +1,526 @@
+//! Typed configuration, loaded once at start-up.
+//!
+//! Owns: the TOML file plus `READBACK_<SECTION>__<KEY>` environment overrides
+//! (figment), defaults, and validation that names the offending key.
+//! Never: read files or the environment after start-up, or hold defaults
+//! anywhere but here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::notifications::Severity;
+
+/// Everything readbackd can be told, one struct per TOML section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    #[serde(default = "default_severities")]
+    pub severities: BTreeMap<String, SeverityConfig>,
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub escalation: EscalationConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `host:port`; port 0 picks a free port (printed on the ready line).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Browser origins allowed by CORS (HTTP API and Socket.IO polling).
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Largest HTTP request body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Largest Socket.IO message accepted, in bytes.
+    #[serde(default = "default_max_socket_message_bytes")]
+    pub max_socket_message_bytes: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            cors_origins: Vec::new(),
+            max_body_bytes: default_max_body_bytes(),
+            max_socket_message_bytes: default_max_socket_message_bytes(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8001".into()
+}
+fn default_max_body_bytes() -> usize {
+    64 * 1024
+}
+/// Engine.IO's own default: big enough that an oversize field is refused
+/// with an answer by readback rather than by dropping the connection.
+fn default_max_socket_message_bytes() -> u64 {
+    1024 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 shared secret.
+    pub jwt_secret: Option<SecretString>,
+    /// PEM public key for RS256 or ES256 (the algorithm follows the key type
+    /// unless `jwt_algorithm` says otherwise).
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// PEM private key, used only by `readbackd token` with RS256/ES256.
+    pub jwt_private_key_file: Option<PathBuf>,
+    /// `HS256`, `RS256` or `ES256`; inferred when absent.
+    pub jwt_algorithm: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/file.db` or `postgres://user@host/db`.
+    #[serde(default = "default_database_url")]
+    pub url: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: default_database_url(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_database_url() -> String {
+    "sqlite://data/readback.db".into()
+}
+fn default_max_connections() -> u32 {
+    8
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(default = "default_warning_before", with = "humantime_serde")]
+    pub warning_before: Duration,
+    #[serde(default = "default_max_lifetime", with = "humantime_serde")]
+    pub max_lifetime: Duration,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: default_idle_timeout(),
+            warning_before: default_warning_before(),
+            max_lifetime: default_max_lifetime(),
+        }
+    }
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_warning_before() -> Duration {
+    Duration::from_secs(2 * 60)
+}
+fn default_max_lifetime() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    #[serde(default = "default_tick", with = "humantime_serde")]
+    pub tick: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            tick: default_tick(),
+        }
+    }
+}
+
+fn default_tick() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeverityConfig {
+    /// Default time a recipient has to acknowledge.
+    #[serde(with = "humantime_serde")]
+    pub ack_within: Duration,
+}
+
+/// Defaults follow the ACR Practice Parameter for Communication of
+/// Diagnostic Imaging Findings: category 1 in minutes, 2 in hours, 3 in days.
+fn default_severities() -> BTreeMap<String, SeverityConfig> {
+    [
+        ("critical", 10 * 60),
+        ("urgent", 2 * 3600),
+        ("actionable", 3 * 86400),
+    ]
+    .into_iter()
+    .map(|(name, secs)| {
+        (
+            name.to_string(),
+            SeverityConfig {
+                ack_within: Duration::from_secs(secs),
+            },
+        )
+    })
+    .collect()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub url: Option<String>,
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationConfig {
+    #[serde(default)]
+    pub levels: Vec<EscalationLevelConfig>,
+    #[serde(default)]
+    pub include_phi: bool,
+    pub link_template: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationLevelConfig {
+    #[serde(with = "humantime_serde")]
+    pub after: Duration,
+    pub to: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `pretty` (human-readable) or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `readback=debug,info`; `RUST_LOG` wins.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_format() -> String {
+    "pretty".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// A configuration that could not be loaded, with every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: impl Into<String>) -> Self {
+        Self {
+            problems: vec![problem.into()],
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies `READBACK_*` overrides from the environment and
+    /// validates the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::one(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        Self::from_figment(
+            Figment::new()
+                .merge(Toml::file_exact(path))
+                .merge(Env::prefixed("READBACK_").split("__")),
+        )
+    }
+
+    /// Parses a TOML string (environment overrides still apply).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::new()
+                .merge(Toml::string(text))
+                .merge(Env::prefixed("READBACK_").split("__")),
+        )
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(|errors| ConfigError {
+            problems: errors.into_iter().map(describe_figment_error).collect(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: relations between keys and value ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.listen_addr().is_err() {
+            problems.push(format!(
+                "server.listen: `{}` is not a host:port address",
+                self.server.listen
+            ));
+        }
+        if self.server.max_body_bytes < 1024 {
+            problems.push("server.max_body_bytes: must be at least 1024".into());
+        }
+        let auth = &self.auth;
+        match (&auth.jwt_secret, &auth.jwt_public_key_file) {
+            (None, None) => {
+                problems.push("auth: set jwt_secret (HS256) or jwt_public_key_file (RS256/ES256)".into())
+            }
+            (Some(_), Some(_)) => problems.push(
+                "auth: set only one of jwt_secret and jwt_public_key_file, so the accepted algorithm is unambiguous".into(),
+            ),
+            (Some(secret), None) => {
+                use secrecy::ExposeSecret;
+                if secret.expose_secret().len() < 16 {
+                    problems.push("auth.jwt_secret: must be at least 16 characters".into());
+                }
+            }
+            (None, Some(file)) => {
+                if let Err(e) = std::fs::metadata(file) {
+                    problems.push(format!(
+                        "auth.jwt_public_key_file: cannot read {}: {e}",
+                        file.display()
+                    ));
+                }
+            }
+        }
+        if let Some(alg) = &auth.jwt_algorithm
+            && !["HS256", "RS256", "ES256"].contains(&alg.as_str())
+        {
+            problems.push(format!(
+                "auth.jwt_algorithm: `{alg}` is not one of HS256, RS256, ES256"
+            ));
+        }
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            problems.push(format!(
+                "database.url: `{url}` must start with sqlite:, postgres:// or postgresql://"
+            ));
+        }
+        if self.database.max_connections == 0 {
+            problems.push("database.max_connections: must be at least 1".into());
+        }
+        let sessions = &self.sessions;
+        if sessions.idle_timeout.is_zero() {
+            problems.push("sessions.idle_timeout: must be greater than zero".into());
+        }
+        if sessions.warning_before >= sessions.idle_timeout {
+            problems.push("sessions.warning_before: must be shorter than sessions.idle_timeout".into());
+        }
+        if sessions.max_lifetime < sessions.idle_timeout {
+            problems.push("sessions.max_lifetime: must not be shorter than sessions.idle_timeout".into());
+        }
+        if self.scheduler.tick.is_zero() {
+            problems.push("scheduler.tick: must be greater than zero".into());
+        }
+        for (name, severity) in &self.severities {
+            if name.parse::<Severity>().is_err() {
+                problems.push(format!(
+                    "severities.{name}: unknown severity (expected critical, urgent or actionable)"
+                ));
+            }
+            if severity.ack_within.is_zero() {
+                problems.push(format!("severities.{name}.ack_within: must be greater than zero"));
+            }
+        }
+        for severity in Severity::ALL {
+            if !self.severities.contains_key(severity.as_str()) {
+                problems.push(format!(
+                    "severities.{}: missing (every severity needs an ack_within)",
+                    severity.as_str()
+                ));
+            }
+        }
+        for (index, level) in self.escalation.levels.iter().enumerate() {
+            if level.to.is_empty() {
+                problems.push(format!("escalation.levels[{index}].to: must name at least one address"));
+            }
+        }
+        if !["pretty", "json"].contains(&self.logging.format.as_str()) {
+            problems.push(format!(
+                "logging.format: `{}` is not one of pretty, json",
+                self.logging.format
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The address to bind, resolved from `server.listen`.
+    pub fn listen_addr(&self) -> Result<SocketAddr, std::io::Error> {
+        use std::net::ToSocketAddrs;
+        self.server
+            .listen
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))
+    }
+
+    /// The configured acknowledgement window for a severity.
+    pub fn ack_within(&self, severity: Severity) -> Duration {
+        self.severities
+            .get(severity.as_str())
+            .map(|s| s.ack_within)
+            .expect("validated: every severity is configured")
+    }
+}
+
+/// Turns figment's error into one line that names the key.
+fn describe_figment_error(error: figment::Error) -> String {
+    use figment::error::Kind;
+    let key = if error.path.is_empty() {
+        String::new()
+    } else {
+        error.path.join(".")
+    };
+    let message = match &error.kind {
+        Kind::UnknownField(field, _) => {
+            let full = if key.is_empty() {
+                field.clone()
+            } else {
+                format!("{key}.{field}")
+            };
+            return format!("{full}: unknown key");
+        }
+        Kind::MissingField(field) => {
+            let full = if key.is_empty() {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
+            return format!("{full}: missing");
+        }
+        _ => error.kind.to_string(),
+    };
+    if key.is_empty() {
+        message
+    } else {
+        format!("{key}: {message}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [auth]
+        jwt_secret = "0123456789abcdef-test"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_protocol_defaults() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:8001");
+        assert_eq!(config.database.url, "sqlite://data/readback.db");
+        assert_eq!(config.ack_within(Severity::Critical), Duration::from_secs(600));
+        assert_eq!(config.sessions.idle_timeout, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_named() {
+        let err = Config::from_toml(
+            r#"
+            [auth]
+            jwt_secret = "0123456789abcdef-test"
+            [sessions]
+            idle_timout = "5m"
+            "#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sessions.idle_timout: unknown key"), "{err}");
+
+        let err = Config::from_toml(
+            r#"
+            [auth]
+            jwt_secret = "0123456789abcdef-test"
+            [scheduler]
+            tick = "soon"
+            "#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("scheduler.tick"), "{err}");
+    }
+
+    #[test]
+    fn relations_between_keys_are_checked_all_at_once() {
+        let err = Config::from_toml(
+            r#"
+            [auth]
+            jwt_secret = "short"
+            [database]
+            url = "mysql://x"
+            [sessions]
+            idle_timeout = "1m"
+            warning_before = "2m"
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
+    }
+}

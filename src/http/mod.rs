@@ -1,0 +1,62 @@
+//! The HTTP API (`/api/v1`), health endpoints and metrics.
+//!
+//! Owns: the router — one place that lists every path and who may call it
+//! (the extractor in each handler's signature) — and the HTTP error
+//! mapping. Handlers stay thin: parse, call the domain, map errors.
+//! Never: hold business rules or SQL.
+
+mod admin;
+pub mod error;
+mod extract;
+mod health;
+mod notifications;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, header};
+use axum::routing::{delete, get, post};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::app::AppState;
+use error::ApiError;
+
+/// Every route of the daemon except Socket.IO's, which the caller layers on.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route(
+            "/notifications",
+            post(notifications::raise).get(notifications::list),
+        )
+        .route("/notifications/{id}", get(notifications::get))
+        .route("/notifications/{id}/cancel", post(notifications::cancel))
+        .route("/broadcast", post(admin::broadcast))
+        .route("/connections", get(admin::connections))
+        .route("/users/{user_id}/status", get(admin::user_status))
+        .route("/users/{user_id}/connections", delete(admin::disconnect_user))
+        .route("/me/status", get(admin::me));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .nest("/api/v1", api)
+        .fallback(async || ApiError::NoRoute)
+        .method_not_allowed_fallback(async || ApiError::MethodNotAllowed)
+        .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// CORS for the configured browser origins (HTTP API and Socket.IO polling).
+pub fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("idempotency-key"),
+        ])
+        .allow_credentials(true)
+}

@@ -1,0 +1,176 @@
+//! `/api/v1/notifications`: raise, read, list, cancel.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::extract::{Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json};
+use crate::app::AppState;
+use crate::clock::Timestamp;
+use crate::notifications::{
+    FieldError, MAX_REASON_LEN, Notification, State as NotificationState, check_identifier,
+    check_text, service,
+};
+use crate::store::notifications::{Delivery, ListFilter};
+
+/// The stored notification with its state, as the API shows it.
+pub fn view(notification: &Notification, deliveries: Option<&[Delivery]>) -> Value {
+    let mut body = serde_json::to_value(notification.to_wire(false)).expect("serializable");
+    let object = body.as_object_mut().expect("object");
+    object.remove("replayed");
+    object.insert("recipient".into(), json!(notification.recipient));
+    object.insert("state".into(), json!(notification.state));
+    object.insert("createdBy".into(), json!(notification.created_by));
+    object.insert(
+        "acknowledgement".into(),
+        match (&notification.acknowledged_at, &notification.acknowledged_by) {
+            (Some(at), Some(by)) => json!({ "acknowledgedAt": at, "acknowledgedBy": by }),
+            _ => Value::Null,
+        },
+    );
+    object.insert(
+        "cancellation".into(),
+        match &notification.cancelled_at {
+            Some(at) => json!({
+                "cancelledAt": at,
+                "cancelledBy": notification.cancelled_by,
+                "reason": notification.cancel_reason,
+            }),
+            None => Value::Null,
+        },
+    );
+    if let Some(deliveries) = deliveries {
+        object.insert("deliveries".into(), json!(deliveries));
+        object.insert("escalations".into(), json!([]));
+    }
+    body
+}
+
+pub async fn raise(
+    State(state): State<AppState>,
+    Authorized(caller, _): Authorized<ServiceOrAdmin>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(value) => Some(value.to_str().map_err(|_| {
+            FieldError::new("Idempotency-Key", "must be visible ASCII characters")
+        })?),
+        None => None,
+    };
+    let raised = service::raise(&state, &caller, &body, idempotency_key).await?;
+    let status = if raised.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(view(&raised.notification, Some(&raised.deliveries))),
+    ))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Authorized(_caller, _): Authorized<Reader>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_identifier("id", &id)?;
+    let (notification, deliveries) = service::get(&state, &id).await?;
+    Ok(Json(view(&notification, Some(&deliveries))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListQuery {
+    state: Option<String>,
+    user_id: Option<String>,
+    patient_id: Option<String>,
+    study_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 500;
+
+pub async fn list(
+    State(state): State<AppState>,
+    Authorized(_caller, _): Authorized<Reader>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let time = |field: &str, value: &Option<String>| -> Result<Option<Timestamp>, FieldError> {
+        value
+            .as_deref()
+            .map(|text| {
+                Timestamp::parse_rfc3339(text).ok_or_else(|| {
+                    FieldError::new(field, "must be an RFC 3339 UTC time, e.g. 2026-11-22T10:00:00.000Z")
+                })
+            })
+            .transpose()
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(FieldError::new("limit", format!("must be between 1 and {MAX_PAGE}")).into());
+    }
+    let filter = ListFilter {
+        state: query
+            .state
+            .as_deref()
+            .map(|s| {
+                s.parse::<NotificationState>().map_err(|()| {
+                    FieldError::new("state", "must be one of pending, acknowledged, escalated, cancelled")
+                })
+            })
+            .transpose()?,
+        user_id: query.user_id,
+        patient_id: query.patient_id,
+        study_id: query.study_id,
+        since: time("since", &query.since)?,
+        until: time("until", &query.until)?,
+        before_seq: query
+            .cursor
+            .as_deref()
+            .map(|c| {
+                c.parse::<i64>()
+                    .ok()
+                    .filter(|seq| *seq > 0)
+                    .ok_or_else(|| FieldError::new("cursor", "is not a cursor this API returned"))
+            })
+            .transpose()?,
+        limit: limit + 1,
+    };
+    let mut page = service::list(&state, &filter).await?;
+    let next_cursor = if page.len() > limit as usize {
+        page.truncate(limit as usize);
+        page.last().map(|n| n.seq.to_string())
+    } else {
+        None
+    };
+    let items: Vec<Value> = page.iter().map(|n| view(n, None)).collect();
+    Ok(Json(json!({ "items": items, "nextCursor": next_cursor })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: String,
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    Authorized(caller, _): Authorized<ServiceOrAdmin>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    check_identifier("id", &id)?;
+    let CancelBody { reason } = from_json(&body)?;
+    check_text("reason", &reason, MAX_REASON_LEN)?;
+    let cancelled = service::cancel(&state, &caller, &id, &reason).await?;
+    Ok(Json(view(&cancelled, None)))
+}

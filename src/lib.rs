@@ -1,0 +1,26 @@
+//! readback: makes sure a critical radiology finding reaches a human who
+//! acknowledges it.
+//!
+//! The PACS raises a notification over HTTP ([`http`]); it is stored
+//! ([`store`]) before the API answers, delivered over Socket.IO
+//! ([`realtime`]) to every socket of its recipient, replayed on reconnect
+//! until acknowledged ([`notifications`]), and every step is written to an
+//! append-only audit log ([`audit`]). [`app`] assembles the pieces;
+//! `src/main.rs` is the `readbackd` command line.
+
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod notifications;
+pub mod realtime;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{AppState, Application};
+pub use config::Config;

@@ -1,0 +1,89 @@
+//! Prometheus metrics.
+//!
+//! Owns: the registry and the handful of counters and gauges operators
+//! watch, rendered in the Prometheus text format for `GET /metrics`.
+//! Never: carry identifiers (users, patients, notifications) as labels —
+//! label values are bounded sets.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+pub struct Metrics {
+    registry: Registry,
+    raised: Family<Labels, Counter>,
+    delivered: Family<Labels, Counter>,
+    pub acknowledged: Counter,
+    pub cancelled: Counter,
+    pub auth_refused: Counter,
+    pub connected_sockets: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("readback");
+        let raised = Family::<Labels, Counter>::default();
+        let delivered = Family::<Labels, Counter>::default();
+        let acknowledged = Counter::default();
+        let cancelled = Counter::default();
+        let auth_refused = Counter::default();
+        let connected_sockets = Gauge::default();
+        registry.register(
+            "notifications_raised",
+            "Notifications stored through the HTTP API, by severity",
+            raised.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Notifications sent to a socket (replayed=true on reconnect)",
+            delivered.clone(),
+        );
+        registry.register(
+            "acknowledgements",
+            "Notifications acknowledged (first acknowledgement only)",
+            acknowledged.clone(),
+        );
+        registry.register("cancellations", "Notifications cancelled", cancelled.clone());
+        registry.register(
+            "auth_refused",
+            "Refused authentications (Socket.IO and HTTP)",
+            auth_refused.clone(),
+        );
+        registry.register(
+            "connected_sockets",
+            "Socket.IO sockets connected to this daemon",
+            connected_sockets.clone(),
+        );
+        Self {
+            registry,
+            raised,
+            delivered,
+            acknowledged,
+            cancelled,
+            auth_refused,
+            connected_sockets,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn raised(&self, severity: &'static str) {
+        self.raised.get_or_create(&vec![("severity", severity)]).inc();
+    }
+
+    pub fn delivered(&self, replayed: bool) {
+        let value = if replayed { "true" } else { "false" };
+        self.delivered.get_or_create(&vec![("replayed", value)]).inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,273 @@
+//! The default namespace: connect, replay, and the client events.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
+use socketioxide::handler::{ConnectHandler, FromMessageParts};
+use socketioxide::socket::{DisconnectReason, Socket};
+use socketioxide_core::adapter::DefinedAdapter;
+
+use super::{Connection, Sent};
+use crate::app::AppState;
+use crate::audit::{Action, AuditEvent};
+use crate::auth::{Identity, TokenError};
+use crate::clock::Timestamp;
+use crate::error::Error;
+use crate::notifications::{FieldError, check_identifier, role_room, service, session_room, user_room};
+
+/// Registers the default namespace. Returns the adapter's init result
+/// (a future for cluster adapters, `()` for the local one).
+pub fn attach<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, state: AppState) -> A::InitRes {
+    let middleware_state = state.clone();
+    let authenticate = move |socket: SocketRef<A>, TryData(auth): TryData<Value>| {
+        let state = middleware_state.clone();
+        async move { authenticate(socket, auth.ok(), state).await }
+    };
+    let connect = move |socket: SocketRef<A>| {
+        let state = state.clone();
+        async move { on_connect(socket, state).await }
+    };
+    io.ns("/", connect.with(authenticate))
+}
+
+/// Verifies the handshake token. A refusal becomes the `connect_error`
+/// message (`Display` of [`TokenError`]) and an audit row.
+async fn authenticate<A: Adapter>(
+    socket: SocketRef<A>,
+    auth: Option<Value>,
+    state: AppState,
+) -> Result<(), TokenError> {
+    let verified = match token_from_handshake(&socket, auth.as_ref()) {
+        Some(token) => state.verifier.verify(&token),
+        None => Err(TokenError::Missing),
+    };
+    match verified {
+        Ok(identity) => {
+            socket.extensions.insert(Arc::new(Connection {
+                identity,
+                connected_at: Timestamp::now(),
+            }));
+            Ok(())
+        }
+        Err(refusal) => {
+            state.metrics.auth_refused.inc();
+            let parts = socket.req_parts();
+            let event = AuditEvent::new(Action::AuthRefused, Timestamp::now())
+                .outcome("refused")
+                .detail(json!({
+                    "channel": "socket.io",
+                    "reason": refusal.reason(),
+                    "userAgent": parts.headers.get("user-agent").and_then(|v| v.to_str().ok()),
+                }));
+            if let Err(e) = crate::store::audit::append_alone(&state.store, &event).await {
+                tracing::warn!(error = %e, "could not audit a refused connection");
+            }
+            tracing::info!(reason = refusal.reason(), "socket authentication refused");
+            Err(refusal)
+        }
+    }
+}
+
+/// The token from `auth.token`, else `?token=`, else `Authorization: Bearer`.
+fn token_from_handshake<A: Adapter>(socket: &SocketRef<A>, auth: Option<&Value>) -> Option<String> {
+    if let Some(token) = auth.and_then(|a| a.get("token")).and_then(Value::as_str) {
+        return Some(token.to_string());
+    }
+    let parts = socket.req_parts();
+    if let Some(query) = parts.uri.query()
+        && let Ok(pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        && let Some((_, token)) = pairs.into_iter().find(|(key, _)| key == "token")
+    {
+        return Some(token);
+    }
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
+}
+
+async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
+    let Some(connection) = socket.extensions.get::<Arc<Connection>>() else {
+        // Unreachable: the middleware only lets authenticated sockets in.
+        let _ = socket.disconnect();
+        return;
+    };
+    let identity = &connection.identity;
+    let mut rooms = vec![user_room(&identity.user_id)];
+    rooms.extend(identity.roles.iter().map(|role| role_room(role)));
+    if let Some(session) = &identity.session_id {
+        rooms.push(session_room(session));
+    }
+    socket.join(rooms);
+    register_events(&socket, &state);
+    state.metrics.connected_sockets.inc();
+    tracing::info!(socket = %socket.id, user = %identity.user_id, "connected");
+
+    let _ = socket.emit(
+        "connected",
+        &json!({
+            "socketId": socket.id.to_string(),
+            "userId": identity.user_id,
+            "sessionId": identity.session_id,
+            "roles": identity.roles,
+            "timestamp": Timestamp::now(),
+        }),
+    );
+    replay(&socket, &state, identity).await;
+}
+
+/// Sends every open notification of the user (direct or through a role),
+/// oldest first, marked `replayed`.
+async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &Identity) {
+    let pending = match service::pending_for(state, identity).await {
+        Ok(pending) => pending,
+        Err(e) => {
+            tracing::error!(socket = %socket.id, error = %e, "replay failed; the client gets it on its next connect");
+            return;
+        }
+    };
+    let sent = Sent {
+        socket_id: socket.id.to_string(),
+        user_id: identity.user_id.clone(),
+        session_id: identity.session_id.clone(),
+    };
+    let mut reached = Vec::with_capacity(pending.len());
+    for notification in &pending {
+        if socket.emit("critical_notification", &notification.to_wire(true)).is_ok() {
+            reached.push((notification, sent.clone()));
+        }
+    }
+    if let Err(e) = service::record_deliveries(state, &reached, true).await {
+        tracing::error!(socket = %socket.id, error = %e, "could not record replayed deliveries");
+    }
+}
+
+fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
+    let ack_state = state.clone();
+    socket.on(
+        "acknowledge_notification",
+        move |socket: SocketRef<A>, TryData(data): TryData<Value>, reply: Reply<A>| {
+            let state = ack_state.clone();
+            async move {
+                let result = acknowledge(&socket, &state, data.ok()).await;
+                reply.answer("acknowledge_notification", result);
+            }
+        },
+    );
+    let activity_state = state.clone();
+    socket.on("activity", move |reply: Reply<A>| {
+        let state = activity_state.clone();
+        async move {
+            let expires_at = Timestamp::now().plus(state.config.sessions.idle_timeout);
+            reply.answer("activity", Ok(json!({ "ok": true, "expiresAt": expires_at })));
+        }
+    });
+    socket.on_fallback(async |Event(event): Event, reply: Reply<A>| {
+        let error = Error::Invalid(FieldError::new("event", format!("unknown event `{event}`")));
+        reply.answer(&event, Err(error));
+    });
+    let disconnect_state = state.clone();
+    socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
+        let state = disconnect_state.clone();
+        async move {
+            state.metrics.connected_sockets.dec();
+            tracing::info!(socket = %socket.id, %reason, "disconnected");
+        }
+    });
+}
+
+/// `acknowledge_notification { notificationId, userId? }`.
+async fn acknowledge<A: Adapter>(
+    socket: &SocketRef<A>,
+    state: &AppState,
+    data: Option<Value>,
+) -> Result<Value, Error> {
+    let connection = socket
+        .extensions
+        .get::<Arc<Connection>>()
+        .ok_or_else(|| Error::Forbidden("not authenticated".into()))?;
+    let identity = &connection.identity;
+    let data = data.filter(Value::is_object).ok_or_else(|| {
+        FieldError::new("payload", "must be an object { notificationId }")
+    })?;
+    let id = match data.get("notificationId") {
+        Some(Value::String(id)) => id.as_str(),
+        Some(_) => return Err(FieldError::new("notificationId", "must be a string").into()),
+        None => return Err(FieldError::new("notificationId", "is required").into()),
+    };
+    check_identifier("notificationId", id)?;
+    match data.get("userId") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(user)) if *user == identity.user_id => {}
+        Some(Value::String(_)) => {
+            return Err(Error::Forbidden(
+                "userId does not match the authenticated user".into(),
+            ));
+        }
+        Some(_) => return Err(FieldError::new("userId", "must be a string").into()),
+    }
+    let socket_id = socket.id.to_string();
+    let acknowledged = service::acknowledge(state, identity, id, Some(&socket_id)).await?;
+    Ok(json!({
+        "ok": true,
+        "notificationId": acknowledged.notification_id,
+        "acknowledgedAt": acknowledged.acknowledged_at,
+        "acknowledgedBy": acknowledged.acknowledged_by,
+    }))
+}
+
+/// Answers a client event: through the ack callback when the client asked
+/// for one, else (for refusals) with an `error` event.
+pub struct Reply<A: Adapter> {
+    socket: SocketRef<A>,
+    ack: AckSender<A>,
+    wants_ack: bool,
+}
+
+impl<A: Adapter> FromMessageParts<A> for Reply<A> {
+    type Error = Infallible;
+    fn from_message_parts(
+        socket: &Arc<Socket<A>>,
+        value: &mut socketioxide::handler::Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        Ok(Self {
+            socket: SocketRef::from_message_parts(socket, value, ack_id)?,
+            ack: AckSender::from_message_parts(socket, value, ack_id)?,
+            wants_ack: ack_id.is_some(),
+        })
+    }
+}
+
+impl<A: Adapter> Reply<A> {
+    fn answer(self, event: &str, result: Result<Value, Error>) {
+        let sent = match result {
+            Ok(answer) => self.ack.send(&answer),
+            Err(error) => {
+                if let Error::Store(e) = &error {
+                    tracing::error!(event, error = %e, "client event failed");
+                }
+                let code = error.code();
+                let message = error.public_message();
+                if self.wants_ack {
+                    self.ack
+                        .send(&json!({ "ok": false, "code": code, "message": message }))
+                } else {
+                    self.socket.emit(
+                        "error",
+                        &json!({ "code": code, "message": message, "event": event }),
+                    )
+                }
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!(event, error = %e, "could not answer a client event");
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Socket.IO: viewers' connections, rooms and events.
+//!
+//! Owns: the namespace handlers (authentication on connect, rooms
+//! `user:`/`role:`/`session:`, replay, client events) and [`Hub`], the
+//! adapter-independent way the rest of readback emits to rooms and asks who
+//! is connected. Handlers are generic over socketioxide's `Adapter`, so a
+//! cluster adapter can replace the in-process one without touching them.
+//! Never: decide whether a notification may be acknowledged or store
+//! anything itself — it calls the domain functions for that.
+
+mod handlers;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+
+use crate::clock::Timestamp;
+use crate::notifications::session_room;
+
+pub use handlers::attach;
+
+/// What a socket is, as far as readback cares.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SocketInfo {
+    pub socket_id: String,
+    pub user_id: Option<String>,
+    pub roles: Vec<String>,
+    pub session_id: Option<String>,
+    /// Known for sockets connected to this daemon.
+    pub connected_at: Option<Timestamp>,
+}
+
+/// One socket an event was handed to.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub socket_id: String,
+    pub user_id: String,
+    pub session_id: Option<String>,
+}
+
+/// Per-connection data kept in the socket's extensions.
+#[derive(Debug)]
+pub struct Connection {
+    pub identity: crate::auth::Identity,
+    pub connected_at: Timestamp,
+}
+
+/// Emitting and looking up sockets, whatever the adapter.
+pub trait HubOps: Send + Sync + 'static {
+    /// Emits to every socket in any of `rooms`; failures are logged.
+    fn emit(&self, rooms: Vec<String>, event: &'static str, payload: Value) -> BoxFuture<'_, ()>;
+    /// Emits to every socket of the namespace.
+    fn emit_all(&self, event: &'static str, payload: Value) -> BoxFuture<'_, ()>;
+    /// Emits to each socket in `rooms` one by one and says which were reached.
+    fn deliver(
+        &self,
+        rooms: Vec<String>,
+        event: &'static str,
+        payload: Value,
+    ) -> BoxFuture<'_, Vec<Sent>>;
+    /// Sockets in `room`, or all sockets.
+    fn sockets(&self, room: Option<String>) -> BoxFuture<'_, Vec<SocketInfo>>;
+    /// Disconnects every socket in `room`; returns how many there were.
+    fn disconnect(&self, room: String) -> BoxFuture<'_, usize>;
+    /// Disconnects every socket of this daemon (shutdown).
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// The handle the domain and HTTP layers use to reach sockets.
+#[derive(Clone)]
+pub struct Hub(Arc<dyn HubOps>);
+
+impl Hub {
+    pub fn new<A: Adapter>(io: SocketIo<A>) -> Self {
+        Self(Arc::new(io))
+    }
+
+    /// Disconnects the sockets of one session.
+    pub async fn disconnect_session(&self, session_id: &str) -> usize {
+        self.0.disconnect(session_room(session_id)).await
+    }
+}
+
+impl std::ops::Deref for Hub {
+    type Target = dyn HubOps;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+/// Reads user, roles and session from a socket's rooms: the only thing a
+/// remote node knows about a socket.
+fn info_from_rooms(socket_id: String, rooms: &[impl AsRef<str>]) -> SocketInfo {
+    let mut info = SocketInfo {
+        socket_id,
+        user_id: None,
+        roles: Vec::new(),
+        session_id: None,
+        connected_at: None,
+    };
+    for room in rooms {
+        let room = room.as_ref();
+        if let Some(user) = room.strip_prefix("user:") {
+            info.user_id = Some(user.to_string());
+        } else if let Some(role) = room.strip_prefix("role:") {
+            info.roles.push(role.to_string());
+        } else if let Some(session) = room.strip_prefix("session:") {
+            info.session_id = Some(session.to_string());
+        }
+    }
+    info.roles.sort();
+    info
+}
+
+impl<A: Adapter> HubOps for SocketIo<A> {
+    fn emit(&self, rooms: Vec<String>, event: &'static str, payload: Value) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.to(rooms).emit(event, &payload).await {
+                tracing::warn!(event, error = %e, "emit failed");
+            }
+        })
+    }
+
+    fn emit_all(&self, event: &'static str, payload: Value) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.emit(event, &payload).await {
+                tracing::warn!(event, error = %e, "broadcast failed");
+            }
+        })
+    }
+
+    fn deliver(
+        &self,
+        rooms: Vec<String>,
+        event: &'static str,
+        payload: Value,
+    ) -> BoxFuture<'_, Vec<Sent>> {
+        Box::pin(async move {
+            let sockets = match self.to(rooms).fetch_sockets().await {
+                Ok(sockets) => sockets,
+                Err(e) => {
+                    tracing::warn!(event, error = %e, "could not list sockets");
+                    return Vec::new();
+                }
+            };
+            let mut sent = Vec::with_capacity(sockets.len());
+            for socket in sockets {
+                let rooms = socket.rooms().await.unwrap_or_default();
+                let info = info_from_rooms(socket.data().id.to_string(), &rooms);
+                match socket.emit(event, &payload).await {
+                    Ok(()) => sent.push(Sent {
+                        socket_id: info.socket_id,
+                        user_id: info.user_id.unwrap_or_default(),
+                        session_id: info.session_id,
+                    }),
+                    Err(e) => tracing::warn!(event, socket = %info.socket_id, error = %e, "emit failed"),
+                }
+            }
+            sent
+        })
+    }
+
+    fn sockets(&self, room: Option<String>) -> BoxFuture<'_, Vec<SocketInfo>> {
+        Box::pin(async move {
+            let fetched = match room {
+                Some(room) => self.to(room).fetch_sockets().await,
+                None => self.fetch_sockets().await,
+            };
+            let sockets = match fetched {
+                Ok(sockets) => sockets,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not list sockets");
+                    return Vec::new();
+                }
+            };
+            let mut infos = Vec::with_capacity(sockets.len());
+            for socket in sockets {
+                let sid = socket.data().id;
+                let rooms = socket.rooms().await.unwrap_or_default();
+                let mut info = info_from_rooms(sid.to_string(), &rooms);
+                info.connected_at = self
+                    .get_socket(sid)
+                    .and_then(|local| local.extensions.get::<Arc<Connection>>())
+                    .map(|connection| connection.connected_at);
+                infos.push(info);
+            }
+            infos
+        })
+    }
+
+    fn disconnect(&self, room: String) -> BoxFuture<'_, usize> {
+        Box::pin(async move {
+            let count = self
+                .to(room.clone())
+                .fetch_sockets()
+                .await
+                .map(|s| s.len())
+                .unwrap_or(0);
+            if let Err(e) = self.to(room).disconnect().await {
+                tracing::warn!(error = %e, "disconnect failed");
+            }
+            count
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(SocketIo::close(self))
+    }
+}

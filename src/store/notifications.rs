@@ -1,0 +1,331 @@
+//! SQL for notifications, acknowledgements and deliveries.
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
+
+use super::{StoreError, placeholders};
+use crate::clock::Timestamp;
+use crate::notifications::{NewNotification, Notification, Recipient, State};
+
+const COLUMNS: &str = "seq, id, type, severity, title, message, patient_id, study_id, \
+     accession_number, recipient_user_id, recipient_role, created_by, created_at, \
+     ack_deadline, state, acknowledged_at, acknowledged_by, cancelled_at, cancelled_by, \
+     cancel_reason, request_hash";
+
+fn from_row(row: &AnyRow) -> Result<Notification, sqlx::Error> {
+    let text = |name: &str| row.try_get::<Option<String>, _>(name);
+    let time = |name: &str| -> Result<Option<Timestamp>, sqlx::Error> {
+        Ok(row
+            .try_get::<Option<i64>, _>(name)?
+            .map(Timestamp::from_millis))
+    };
+    let decode = |name: &str, what: &str| sqlx::Error::ColumnDecode {
+        index: name.to_string(),
+        source: format!("unknown {what}").into(),
+    };
+    let recipient = match (text("recipient_user_id")?, text("recipient_role")?) {
+        (Some(user), _) => Recipient::User(user),
+        (None, Some(role)) => Recipient::Role(role),
+        (None, None) => return Err(decode("recipient_user_id", "recipient")),
+    };
+    Ok(Notification {
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        kind: row.try_get("type")?,
+        severity: row
+            .try_get::<String, _>("severity")?
+            .parse()
+            .map_err(|()| decode("severity", "severity"))?,
+        title: row.try_get("title")?,
+        message: text("message")?,
+        patient_id: text("patient_id")?,
+        study_id: text("study_id")?,
+        accession_number: text("accession_number")?,
+        recipient,
+        created_by: row.try_get("created_by")?,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        ack_deadline: Timestamp::from_millis(row.try_get("ack_deadline")?),
+        state: row
+            .try_get::<String, _>("state")?
+            .parse()
+            .map_err(|()| decode("state", "state"))?,
+        acknowledged_at: time("acknowledged_at")?,
+        acknowledged_by: text("acknowledged_by")?,
+        cancelled_at: time("cancelled_at")?,
+        cancelled_by: text("cancelled_by")?,
+        cancel_reason: text("cancel_reason")?,
+        request_hash: row.try_get("request_hash")?,
+    })
+}
+
+/// Inserts a new notification. Returns `None` when its id or idempotency
+/// key is already taken (the caller then looks up the earlier one).
+pub async fn insert(
+    conn: &mut AnyConnection,
+    new: &NewNotification,
+) -> Result<Option<Notification>, StoreError> {
+    let (user, role) = match &new.recipient {
+        Recipient::User(user) => (Some(user.as_str()), None),
+        Recipient::Role(role) => (None, Some(role.as_str())),
+    };
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO notifications (id, idempotency_key, request_hash, type, severity, title, \
+         message, patient_id, study_id, accession_number, recipient_user_id, recipient_role, \
+         created_by, created_at, ack_deadline, state) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'pending') \
+         ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
+    )))
+    .bind(&new.id)
+    .bind(new.idempotency_key.as_deref())
+    .bind(&new.request_hash)
+    .bind(&new.kind)
+    .bind(new.severity.as_str())
+    .bind(&new.title)
+    .bind(new.message.as_deref())
+    .bind(new.patient_id.as_deref())
+    .bind(new.study_id.as_deref())
+    .bind(new.accession_number.as_deref())
+    .bind(user)
+    .bind(role)
+    .bind(&new.created_by)
+    .bind(new.created_at.as_millis())
+    .bind(new.ack_deadline.as_millis())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.as_ref().map(from_row).transpose()?)
+}
+
+pub async fn find(conn: &mut AnyConnection, id: &str) -> Result<Option<Notification>, StoreError> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM notifications WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.as_ref().map(from_row).transpose()?)
+}
+
+pub async fn find_by_idempotency_key(
+    conn: &mut AnyConnection,
+    key: &str,
+) -> Result<Option<Notification>, StoreError> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM notifications WHERE idempotency_key = $1"
+    )))
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.as_ref().map(from_row).transpose()?)
+}
+
+/// Open notifications addressed to the user or to any of the roles, oldest
+/// first: what a connecting socket must be sent again.
+pub async fn open_for(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    roles: &[String],
+) -> Result<Vec<Notification>, StoreError> {
+    let role_clause = if roles.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " OR (recipient_role IN ({}) AND state IN ('pending', 'escalated'))",
+            placeholders(2, roles.len())
+        )
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM notifications \
+         WHERE (recipient_user_id = $1 AND state IN ('pending', 'escalated')){role_clause} \
+         ORDER BY seq"
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql)).bind(user_id);
+    for role in roles {
+        query = query.bind(role);
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+}
+
+/// Compare-and-set from an open state to `acknowledged`, plus the
+/// acknowledgement row. Returns false when the notification was not open
+/// (someone else got there first, or it was cancelled): nothing is written.
+pub async fn acknowledge(
+    conn: &mut AnyConnection,
+    id: &str,
+    user_id: &str,
+    socket_id: Option<&str>,
+    via: &str,
+    at: Timestamp,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE notifications SET state = 'acknowledged', acknowledged_at = $1, acknowledged_by = $2 \
+         WHERE id = $3 AND state IN ('pending', 'escalated')",
+    )
+    .bind(at.as_millis())
+    .bind(user_id)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO acknowledgements (notification_id, user_id, acknowledged_at, socket_id, via) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(user_id)
+    .bind(at.as_millis())
+    .bind(socket_id)
+    .bind(via)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+/// Compare-and-set from an open state to `cancelled`.
+pub async fn cancel(
+    conn: &mut AnyConnection,
+    id: &str,
+    by: &str,
+    reason: &str,
+    at: Timestamp,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE notifications SET state = 'cancelled', cancelled_at = $1, cancelled_by = $2, \
+         cancel_reason = $3 WHERE id = $4 AND state IN ('pending', 'escalated')",
+    )
+    .bind(at.as_millis())
+    .bind(by)
+    .bind(reason)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// One notification sent to one socket.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    pub notification_id: String,
+    pub user_id: String,
+    pub socket_id: String,
+    pub delivered_at: Timestamp,
+    pub replayed: bool,
+}
+
+pub async fn insert_delivery(
+    conn: &mut AnyConnection,
+    delivery: &Delivery,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO deliveries (notification_id, user_id, socket_id, delivered_at, replayed) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&delivery.notification_id)
+    .bind(&delivery.user_id)
+    .bind(&delivery.socket_id)
+    .bind(delivery.delivered_at.as_millis())
+    .bind(i64::from(delivery.replayed))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn deliveries(
+    conn: &mut AnyConnection,
+    notification_id: &str,
+) -> Result<Vec<Delivery>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT notification_id, user_id, socket_id, delivered_at, replayed FROM deliveries \
+         WHERE notification_id = $1 ORDER BY seq",
+    )
+    .bind(notification_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Delivery {
+                notification_id: row.try_get("notification_id")?,
+                user_id: row.try_get("user_id")?,
+                socket_id: row.try_get("socket_id")?,
+                delivered_at: Timestamp::from_millis(row.try_get("delivered_at")?),
+                replayed: row.try_get::<i64, _>("replayed")? != 0,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
+
+/// Filters of `GET /api/v1/notifications`; all optional, combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub state: Option<State>,
+    pub user_id: Option<String>,
+    pub patient_id: Option<String>,
+    pub study_id: Option<String>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    /// Only rows older than this `seq` (the cursor of the previous page).
+    pub before_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// Newest first, keyset-paginated on `seq` so pages never shift.
+pub async fn list(
+    conn: &mut AnyConnection,
+    filter: &ListFilter,
+) -> Result<Vec<Notification>, StoreError> {
+    enum Arg {
+        Text(String),
+        Int(i64),
+    }
+    let mut clauses: Vec<String> = Vec::new();
+    let mut args: Vec<Arg> = Vec::new();
+    let mut add = |clause: &str, arg: Arg| {
+        args.push(arg);
+        clauses.push(clause.replace('?', &format!("${}", args.len())));
+    };
+    if let Some(state) = filter.state {
+        add("state = ?", Arg::Text(state.as_str().to_owned()));
+    }
+    if let Some(user) = &filter.user_id {
+        add("recipient_user_id = ?", Arg::Text(user.clone()));
+    }
+    if let Some(patient) = &filter.patient_id {
+        add("patient_id = ?", Arg::Text(patient.clone()));
+    }
+    if let Some(study) = &filter.study_id {
+        add("study_id = ?", Arg::Text(study.clone()));
+    }
+    if let Some(since) = filter.since {
+        add("created_at >= ?", Arg::Int(since.as_millis()));
+    }
+    if let Some(until) = filter.until {
+        add("created_at < ?", Arg::Int(until.as_millis()));
+    }
+    if let Some(before) = filter.before_seq {
+        add("seq < ?", Arg::Int(before));
+    }
+    let where_clause = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM notifications {where_clause} ORDER BY seq DESC LIMIT {}",
+        filter.limit
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for arg in args {
+        query = match arg {
+            Arg::Text(text) => query.bind(text),
+            Arg::Int(int) => query.bind(int),
+        };
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+}
