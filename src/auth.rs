@@ -117,9 +117,9 @@ impl Verifier {
         }
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                other => TokenError::Invalid(format!("{other:?}")),
-            })?;
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            other => TokenError::Invalid(format!("{other:?}")),
+        })?;
         identity_from_claims(&data.claims).map_err(TokenError::Invalid)
     }
 }
@@ -135,8 +135,12 @@ fn decoding_key(config: &AuthConfig) -> Result<(Algorithm, DecodingKey), String>
         .jwt_public_key_file
         .as_ref()
         .ok_or("auth: no jwt_secret or jwt_public_key_file")?;
-    let pem = std::fs::read(path)
-        .map_err(|e| format!("auth.jwt_public_key_file: cannot read {}: {e}", path.display()))?;
+    let pem = std::fs::read(path).map_err(|e| {
+        format!(
+            "auth.jwt_public_key_file: cannot read {}: {e}",
+            path.display()
+        )
+    })?;
     let wanted = config.jwt_algorithm.as_deref();
     if wanted != Some("ES256")
         && let Ok(key) = DecodingKey::from_rsa_pem(&pem)
@@ -192,7 +196,10 @@ fn identity_from_claims(claims: &Map<String, Value>) -> Result<Identity, String>
         return Err("too many or too long roles".into());
     }
     let session_id = claim_id(claims, "sessionId").or_else(|| claim_id(claims, "sid"));
-    if session_id.as_ref().is_some_and(|s| s.is_empty() || s.len() > MAX_ID_LEN) {
+    if session_id
+        .as_ref()
+        .is_some_and(|s| s.is_empty() || s.len() > MAX_ID_LEN)
+    {
         return Err("session id empty or too long".into());
     }
     let text = |name: &str| {
@@ -240,10 +247,12 @@ pub fn mint(config: &AuthConfig, request: &TokenRequest) -> Result<String, Strin
             EncodingKey::from_secret(secret.expose_secret().as_bytes()),
         )
     } else {
-        let path = config.jwt_private_key_file.as_ref().ok_or(
-            "auth.jwt_private_key_file is needed to mint RS256/ES256 tokens",
-        )?;
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let path = config
+            .jwt_private_key_file
+            .as_ref()
+            .ok_or("auth.jwt_private_key_file is needed to mint RS256/ES256 tokens")?;
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         if let Ok(key) = EncodingKey::from_rsa_pem(&pem) {
             (Algorithm::RS256, key)
         } else {
@@ -340,18 +349,31 @@ mod tests {
             "another-secret-of-16+",
             Algorithm::HS256,
         );
-        assert!(matches!(verifier.verify(&forged), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            verifier.verify(&forged),
+            Err(TokenError::Invalid(_))
+        ));
         let other_alg = sign(
             json!({"sub": "u", "exp": in_an_hour()}),
             "0123456789abcdef-test",
             Algorithm::HS512,
         );
-        assert!(matches!(verifier.verify(&other_alg), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            verifier.verify(&other_alg),
+            Err(TokenError::Invalid(_))
+        ));
         // alg: none, hand-built.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1IiwiZXhwIjo0MTAyNDQ0ODAwfQ.";
         assert!(matches!(verifier.verify(none), Err(TokenError::Invalid(_))));
-        let no_exp = sign(json!({"sub": "u"}), "0123456789abcdef-test", Algorithm::HS256);
-        assert!(matches!(verifier.verify(&no_exp), Err(TokenError::Invalid(_))));
+        let no_exp = sign(
+            json!({"sub": "u"}),
+            "0123456789abcdef-test",
+            Algorithm::HS256,
+        );
+        assert!(matches!(
+            verifier.verify(&no_exp),
+            Err(TokenError::Invalid(_))
+        ));
         assert_eq!(verifier.verify("  "), Err(TokenError::Missing));
     }
 
@@ -370,7 +392,10 @@ mod tests {
             },
         )
         .unwrap();
-        let identity = Verifier::from_config(&config).unwrap().verify(&token).unwrap();
+        let identity = Verifier::from_config(&config)
+            .unwrap()
+            .verify(&token)
+            .unwrap();
         assert_eq!(identity.user_id, "dr-who");
         assert_eq!(identity.session_id.as_deref(), Some("s-9"));
     }

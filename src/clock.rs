@@ -74,7 +74,10 @@ mod tests {
     fn wire_form_has_milliseconds_and_z() {
         let t = Timestamp::from_millis(1_795_341_600_123);
         assert_eq!(t.to_string(), "2026-11-22T10:00:00.123Z");
-        assert_eq!(Timestamp::parse_rfc3339("2026-11-22T10:00:00.123Z"), Some(t));
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-11-22T10:00:00.123Z"),
+            Some(t)
+        );
         assert_eq!(
             Timestamp::parse_rfc3339("2026-11-22T10:00:00Z"),
             Some(Timestamp::from_millis(1_795_341_600_000))

@@ -287,7 +287,7 @@ impl Config {
         Self::from_figment(
             Figment::new()
                 .merge(Toml::file_exact(path))
-                .merge(Env::prefixed("READBACK_").split("__")),
+                .merge(env_overrides()),
         )
     }
 
@@ -296,7 +296,7 @@ impl Config {
         Self::from_figment(
             Figment::new()
                 .merge(Toml::string(text))
-                .merge(Env::prefixed("READBACK_").split("__")),
+                .merge(env_overrides()),
         )
     }
 
@@ -367,10 +367,13 @@ impl Config {
             problems.push("sessions.idle_timeout: must be greater than zero".into());
         }
         if sessions.warning_before >= sessions.idle_timeout {
-            problems.push("sessions.warning_before: must be shorter than sessions.idle_timeout".into());
+            problems
+                .push("sessions.warning_before: must be shorter than sessions.idle_timeout".into());
         }
         if sessions.max_lifetime < sessions.idle_timeout {
-            problems.push("sessions.max_lifetime: must not be shorter than sessions.idle_timeout".into());
+            problems.push(
+                "sessions.max_lifetime: must not be shorter than sessions.idle_timeout".into(),
+            );
         }
         if self.scheduler.tick.is_zero() {
             problems.push("scheduler.tick: must be greater than zero".into());
@@ -382,7 +385,9 @@ impl Config {
                 ));
             }
             if severity.ack_within.is_zero() {
-                problems.push(format!("severities.{name}.ack_within: must be greater than zero"));
+                problems.push(format!(
+                    "severities.{name}.ack_within: must be greater than zero"
+                ));
             }
         }
         for severity in Severity::ALL {
@@ -395,7 +400,9 @@ impl Config {
         }
         for (index, level) in self.escalation.levels.iter().enumerate() {
             if level.to.is_empty() {
-                problems.push(format!("escalation.levels[{index}].to: must name at least one address"));
+                problems.push(format!(
+                    "escalation.levels[{index}].to: must name at least one address"
+                ));
             }
         }
         if !["pretty", "json"].contains(&self.logging.format.as_str()) {
@@ -430,6 +437,14 @@ impl Config {
     }
 }
 
+/// `READBACK_<SECTION>__<KEY>` variables. Other `READBACK_*` variables
+/// (such as `READBACK_CONFIG`, the config path) are not config keys.
+fn env_overrides() -> Env {
+    Env::prefixed("READBACK_")
+        .filter(|key| key.as_str().contains("__"))
+        .split("__")
+}
+
 /// Turns figment's error into one line that names the key.
 fn describe_figment_error(error: figment::Error) -> String {
     use figment::error::Kind;
@@ -439,14 +454,11 @@ fn describe_figment_error(error: figment::Error) -> String {
         error.path.join(".")
     };
     let message = match &error.kind {
-        Kind::UnknownField(field, _) => {
-            let full = if key.is_empty() {
-                field.clone()
-            } else {
-                format!("{key}.{field}")
-            };
-            return format!("{full}: unknown key");
+        // figment's path already ends with the unknown key itself.
+        Kind::UnknownField(field, _) if key.ends_with(field.as_str()) => {
+            return format!("{key}: unknown key");
         }
+        Kind::UnknownField(field, _) => format!("unknown key `{field}`"),
         Kind::MissingField(field) => {
             let full = if key.is_empty() {
                 field.to_string()
@@ -478,7 +490,10 @@ mod tests {
         let config = Config::from_toml(MINIMAL).unwrap();
         assert_eq!(config.server.listen, "127.0.0.1:8001");
         assert_eq!(config.database.url, "sqlite://data/readback.db");
-        assert_eq!(config.ack_within(Severity::Critical), Duration::from_secs(600));
+        assert_eq!(
+            config.ack_within(Severity::Critical),
+            Duration::from_secs(600)
+        );
         assert_eq!(config.sessions.idle_timeout, Duration::from_secs(900));
     }
 
@@ -493,7 +508,11 @@ mod tests {
             "#,
         )
         .unwrap_err();
-        assert!(err.to_string().contains("sessions.idle_timout: unknown key"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("sessions.idle_timout: unknown key"),
+            "{err}"
+        );
 
         let err = Config::from_toml(
             r#"

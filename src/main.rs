@@ -11,7 +11,11 @@ use readback::{Application, Config, store::Store};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "readbackd", version, about = "Closed-loop delivery of critical radiology findings")]
+#[command(
+    name = "readbackd",
+    version,
+    about = "Closed-loop delivery of critical radiology findings"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -47,7 +47,11 @@ impl Default for Metrics {
             "Notifications acknowledged (first acknowledgement only)",
             acknowledged.clone(),
         );
-        registry.register("cancellations", "Notifications cancelled", cancelled.clone());
+        registry.register(
+            "cancellations",
+            "Notifications cancelled",
+            cancelled.clone(),
+        );
         registry.register(
             "auth_refused",
             "Refused authentications (Socket.IO and HTTP)",
@@ -72,12 +76,16 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn raised(&self, severity: &'static str) {
-        self.raised.get_or_create(&vec![("severity", severity)]).inc();
+        self.raised
+            .get_or_create(&vec![("severity", severity)])
+            .inc();
     }
 
     pub fn delivered(&self, replayed: bool) {
         let value = if replayed { "true" } else { "false" };
-        self.delivered.get_or_create(&vec![("replayed", value)]).inc();
+        self.delivered
+            .get_or_create(&vec![("replayed", value)])
+            .inc();
     }
 
     /// The text exposition format.

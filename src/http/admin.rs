@@ -8,7 +8,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::extract::{AdminOnly, AnyRole, Authorized, JsonBody, OptionalJsonBody, ServiceOrAdmin, from_json};
+use super::extract::{
+    AdminOnly, AnyRole, Authorized, JsonBody, OptionalJsonBody, ServiceOrAdmin, from_json,
+};
 use crate::app::AppState;
 use crate::audit::{Action, AuditEvent};
 use crate::clock::Timestamp;
@@ -31,7 +33,11 @@ pub async fn broadcast(
     Authorized(caller, _): Authorized<AdminOnly>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    let BroadcastBody { role, message, level } = from_json(&body)?;
+    let BroadcastBody {
+        role,
+        message,
+        level,
+    } = from_json(&body)?;
     check_text("message", &message, MAX_REASON_LEN)?;
     if !LEVELS.contains(&level.as_str()) {
         return Err(FieldError::new("level", "must be one of info, warning, critical").into());
@@ -64,10 +70,14 @@ pub async fn broadcast(
         &state.store,
         &AuditEvent::new(Action::AdminBroadcast, now)
             .by(&caller)
-            .detail(json!({ "role": role, "level": level, "message": message, "sockets": sockets })),
+            .detail(
+                json!({ "role": role, "level": level, "message": message, "sockets": sockets }),
+            ),
     )
     .await?;
-    Ok(Json(json!({ "ok": true, "role": role, "level": level, "sockets": sockets, "timestamp": now })))
+    Ok(Json(
+        json!({ "ok": true, "role": role, "level": level, "sockets": sockets, "timestamp": now }),
+    ))
 }
 
 /// Groups sockets by user.
@@ -81,7 +91,10 @@ fn by_user(sockets: Vec<SocketInfo>) -> Vec<Value> {
     users
         .into_iter()
         .map(|(user_id, sockets)| {
-            let mut roles: Vec<&str> = sockets.iter().flat_map(|s| s.roles.iter().map(String::as_str)).collect();
+            let mut roles: Vec<&str> = sockets
+                .iter()
+                .flat_map(|s| s.roles.iter().map(String::as_str))
+                .collect();
             roles.sort_unstable();
             roles.dedup();
             let connected_at = sockets.iter().filter_map(|s| s.connected_at).min();
@@ -107,7 +120,10 @@ pub async fn connections(
 
 async fn status_of(state: &AppState, user_id: &str) -> Value {
     let sockets = state.hub.sockets(Some(user_room(user_id))).await;
-    let mut sessions: Vec<&str> = sockets.iter().filter_map(|s| s.session_id.as_deref()).collect();
+    let mut sessions: Vec<&str> = sockets
+        .iter()
+        .filter_map(|s| s.session_id.as_deref())
+        .collect();
     sessions.sort_unstable();
     sessions.dedup();
     let socket_ids: Vec<&str> = sockets.iter().map(|s| s.socket_id.as_str()).collect();
@@ -181,5 +197,7 @@ pub async fn disconnect_user(
             .detail(json!({ "reason": reason, "sockets": disconnected })),
     )
     .await?;
-    Ok(Json(json!({ "userId": user_id, "disconnected": disconnected })))
+    Ok(Json(
+        json!({ "userId": user_id, "disconnected": disconnected }),
+    ))
 }

@@ -171,14 +171,7 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| FieldError::new("body", format!("malformed JSON: {e}")).into())
 }
 
-/// Deserializes a JSON value into `T`, naming the offending field.
-pub fn from_json<T: DeserializeOwned>(value: &Value) -> Result<T, FieldError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { "body".to_string() } else { path };
-        FieldError::new(field, e.into_inner().to_string())
-    })
-}
+pub use crate::notifications::deserialize_json as from_json;
 
 /// A query string parsed into `T`, naming the offending parameter.
 pub struct QueryParams<T>(pub T);
@@ -194,7 +187,11 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for QueryPa
             .map(QueryParams)
             .map_err(|e| {
                 let path = e.path().to_string();
-                let field = if path == "." { "query".to_string() } else { path };
+                let field = if path == "." {
+                    "query".to_string()
+                } else {
+                    path
+                };
                 FieldError::new(field, e.into_inner().to_string()).into()
             })
     }

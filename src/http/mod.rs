@@ -33,7 +33,10 @@ pub fn router(state: AppState) -> Router {
         .route("/broadcast", post(admin::broadcast))
         .route("/connections", get(admin::connections))
         .route("/users/{user_id}/status", get(admin::user_status))
-        .route("/users/{user_id}/connections", delete(admin::disconnect_user))
+        .route(
+            "/users/{user_id}/connections",
+            delete(admin::disconnect_user),
+        )
         .route("/me/status", get(admin::me));
     Router::new()
         .route("/healthz", get(health::healthz))
@@ -52,7 +55,13 @@ pub fn cors(origins: &[String]) -> CorsLayer {
     let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,

@@ -55,12 +55,13 @@ pub async fn raise(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let idempotency_key = match headers.get("idempotency-key") {
-        Some(value) => Some(value.to_str().map_err(|_| {
-            FieldError::new("Idempotency-Key", "must be visible ASCII characters")
-        })?),
-        None => None,
-    };
+    let idempotency_key =
+        match headers.get("idempotency-key") {
+            Some(value) => Some(value.to_str().map_err(|_| {
+                FieldError::new("Idempotency-Key", "must be visible ASCII characters")
+            })?),
+            None => None,
+        };
     let raised = service::raise(&state, &caller, &body, idempotency_key).await?;
     let status = if raised.created {
         StatusCode::CREATED
@@ -109,7 +110,10 @@ pub async fn list(
             .as_deref()
             .map(|text| {
                 Timestamp::parse_rfc3339(text).ok_or_else(|| {
-                    FieldError::new(field, "must be an RFC 3339 UTC time, e.g. 2026-11-22T10:00:00.000Z")
+                    FieldError::new(
+                        field,
+                        "must be an RFC 3339 UTC time, e.g. 2026-11-22T10:00:00.000Z",
+                    )
                 })
             })
             .transpose()
@@ -124,7 +128,10 @@ pub async fn list(
             .as_deref()
             .map(|s| {
                 s.parse::<NotificationState>().map_err(|()| {
-                    FieldError::new("state", "must be one of pending, acknowledged, escalated, cancelled")
+                    FieldError::new(
+                        "state",
+                        "must be one of pending, acknowledged, escalated, cancelled",
+                    )
                 })
             })
             .transpose()?,

@@ -47,7 +47,10 @@ impl Severity {
 impl FromStr for Severity {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        Severity::ALL.into_iter().find(|v| v.as_str() == s).ok_or(())
+        Severity::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or(())
     }
 }
 
@@ -279,12 +282,11 @@ pub struct RaiseContext<'a> {
 }
 
 /// Parses a raise body (already JSON) into a notification that can be stored.
-pub fn parse_raise(body: &Value, context: &RaiseContext<'_>) -> Result<NewNotification, FieldError> {
-    let request: RaiseRequest = serde_path_to_error::deserialize(body).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { "body".to_string() } else { path };
-        FieldError::new(field, e.into_inner().to_string())
-    })?;
+pub fn parse_raise(
+    body: &Value,
+    context: &RaiseContext<'_>,
+) -> Result<NewNotification, FieldError> {
+    let request: RaiseRequest = deserialize_json(body)?;
     let id = match request.id {
         Some(id) => {
             check_identifier("id", &id)?;
@@ -322,9 +324,10 @@ pub fn parse_raise(body: &Value, context: &RaiseContext<'_>) -> Result<NewNotifi
     };
     let kind = request.kind.unwrap_or_else(|| "critical_finding".into());
     check_identifier("type", &kind)?;
-    let severity: Severity = request.severity.parse().map_err(|()| {
-        FieldError::new("severity", "must be one of critical, urgent, actionable")
-    })?;
+    let severity: Severity = request
+        .severity
+        .parse()
+        .map_err(|()| FieldError::new("severity", "must be one of critical, urgent, actionable"))?;
     check_text("title", &request.title, MAX_TITLE_LEN)?;
     let optional = |field: &str, value: &Option<String>, max: usize| match value {
         Some(v) => check_text(field, v, max),
@@ -335,7 +338,12 @@ pub fn parse_raise(body: &Value, context: &RaiseContext<'_>) -> Result<NewNotifi
     optional("studyId", &request.study_id, MAX_ID_LEN)?;
     optional("accessionNumber", &request.accession_number, MAX_ID_LEN)?;
     let ack_within = match request.ack_within {
-        Some(0) => return Err(FieldError::new("ackWithin", "must be at least 1 millisecond")),
+        Some(0) => {
+            return Err(FieldError::new(
+                "ackWithin",
+                "must be at least 1 millisecond",
+            ));
+        }
         Some(ms) if ms > MAX_ACK_WITHIN_MS => {
             return Err(FieldError::new("ackWithin", "must be at most 90 days"));
         }
@@ -357,6 +365,32 @@ pub fn parse_raise(body: &Value, context: &RaiseContext<'_>) -> Result<NewNotifi
         created_by: context.caller.user_id.clone(),
         created_at: context.now,
         ack_deadline: context.now.plus(ack_within),
+    })
+}
+
+/// Deserializes JSON into `T`, naming the field that is wrong, missing or
+/// unknown (`recipient.userId`, not "line 1 column 40").
+/// Request bodies are always JSON objects.
+pub fn deserialize_json<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, FieldError> {
+    if !value.is_object() {
+        return Err(FieldError::new("body", "must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // A missing field is reported on its parent: name the field itself.
+        let named = ["missing field `", "unknown field `"]
+            .iter()
+            .find_map(|prefix| message.strip_prefix(prefix))
+            .and_then(|rest| rest.split('`').next());
+        let field = match (path.as_str(), named) {
+            (_, Some(name)) if path == name || path.ends_with(&format!(".{name}")) => path,
+            (".", Some(name)) => name.to_string(),
+            (_, Some(name)) => format!("{path}.{name}"),
+            (".", None) => "body".to_string(),
+            _ => path,
+        };
+        FieldError::new(field, message)
     })
 }
 
@@ -397,8 +431,14 @@ pub fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), Fiel
             format!("must be at most {max_chars} characters"),
         ));
     }
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t') {
-        return Err(FieldError::new(field, "must not contain control characters"));
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -495,7 +535,7 @@ mod tests {
             ),
             (
                 json!({"recipient": {"userId": "u"}, "severity": "critical", "title": "t", "colour": "red"}),
-                "body",
+                "colour",
             ),
             (json!([1, 2]), "body"),
         ];

@@ -68,7 +68,16 @@ pub async fn raise(
                 existing.id
             )));
         }
-        let deliveries = sql::deliveries(&mut *state.store.pool().acquire().await.map_err(StoreError::from)?, &existing.id).await?;
+        let deliveries = sql::deliveries(
+            &mut *state
+                .store
+                .pool()
+                .acquire()
+                .await
+                .map_err(StoreError::from)?,
+            &existing.id,
+        )
+        .await?;
         return Ok(Raised {
             notification: existing,
             created: false,
@@ -95,7 +104,11 @@ pub async fn raise(
     let payload = serde_json::to_value(notification.to_wire(false)).expect("serializable");
     let sent = state
         .hub
-        .deliver(vec![notification.recipient.room()], "critical_notification", payload)
+        .deliver(
+            vec![notification.recipient.room()],
+            "critical_notification",
+            payload,
+        )
         .await;
     let reached: Vec<_> = sent.into_iter().map(|s| (&notification, s)).collect();
     let deliveries = record_deliveries(state, &reached, false).await?;
@@ -156,7 +169,12 @@ pub async fn record_deliveries(
 
 /// Open notifications a connecting user must be sent again, oldest first.
 pub async fn pending_for(state: &AppState, who: &Identity) -> Result<Vec<Notification>, Error> {
-    let mut conn = state.store.pool().acquire().await.map_err(StoreError::from)?;
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(StoreError::from)?;
     Ok(sql::open_for(&mut conn, &who.user_id, &who.roles).await?)
 }
 
@@ -234,7 +252,11 @@ pub async fn acknowledge(
         .await?
         .ok_or_else(|| Error::NotFound(format!("notification {id} not found")))?;
     drop(tx);
-    match (current.state, current.acknowledged_at, current.acknowledged_by) {
+    match (
+        current.state,
+        current.acknowledged_at,
+        current.acknowledged_by,
+    ) {
         (State::Acknowledged, Some(at), Some(by)) => Ok(Acknowledged {
             notification_id: id.to_string(),
             acknowledged_at: at,
@@ -299,7 +321,12 @@ pub async fn cancel(
 
 /// A notification with its deliveries, for the HTTP API.
 pub async fn get(state: &AppState, id: &str) -> Result<(Notification, Vec<Delivery>), Error> {
-    let mut conn = state.store.pool().acquire().await.map_err(StoreError::from)?;
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(StoreError::from)?;
     let notification = sql::find(&mut conn, id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("notification {id} not found")))?;
@@ -308,13 +335,23 @@ pub async fn get(state: &AppState, id: &str) -> Result<(Notification, Vec<Delive
 }
 
 pub async fn list(state: &AppState, filter: &ListFilter) -> Result<Vec<Notification>, Error> {
-    let mut conn = state.store.pool().acquire().await.map_err(StoreError::from)?;
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(StoreError::from)?;
     Ok(sql::list(&mut conn, filter).await?)
 }
 
 /// Records a refused acknowledgement; failure to audit is logged, since the
 /// refusal itself changed nothing.
-async fn audit_refusal(state: &AppState, caller: &Identity, notification: &Notification, why: &str) {
+async fn audit_refusal(
+    state: &AppState,
+    caller: &Identity,
+    notification: &Notification,
+    why: &str,
+) {
     let event = AuditEvent::new(Action::NotificationAcknowledged, Timestamp::now())
         .by(caller)
         .about(notification)

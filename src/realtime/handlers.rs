@@ -17,7 +17,9 @@ use crate::audit::{Action, AuditEvent};
 use crate::auth::{Identity, TokenError};
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::notifications::{FieldError, check_identifier, role_room, service, session_room, user_room};
+use crate::notifications::{
+    FieldError, check_identifier, role_room, service, session_room, user_room,
+};
 
 /// Registers the default namespace. Returns the adapter's init result
 /// (a future for cluster adapters, `()` for the local one).
@@ -139,7 +141,10 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
     };
     let mut reached = Vec::with_capacity(pending.len());
     for notification in &pending {
-        if socket.emit("critical_notification", &notification.to_wire(true)).is_ok() {
+        if socket
+            .emit("critical_notification", &notification.to_wire(true))
+            .is_ok()
+        {
             reached.push((notification, sent.clone()));
         }
     }
@@ -165,7 +170,10 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
         let state = activity_state.clone();
         async move {
             let expires_at = Timestamp::now().plus(state.config.sessions.idle_timeout);
-            reply.answer("activity", Ok(json!({ "ok": true, "expiresAt": expires_at })));
+            reply.answer(
+                "activity",
+                Ok(json!({ "ok": true, "expiresAt": expires_at })),
+            );
         }
     });
     socket.on_fallback(async |Event(event): Event, reply: Reply<A>| {
@@ -193,9 +201,9 @@ async fn acknowledge<A: Adapter>(
         .get::<Arc<Connection>>()
         .ok_or_else(|| Error::Forbidden("not authenticated".into()))?;
     let identity = &connection.identity;
-    let data = data.filter(Value::is_object).ok_or_else(|| {
-        FieldError::new("payload", "must be an object { notificationId }")
-    })?;
+    let data = data
+        .filter(Value::is_object)
+        .ok_or_else(|| FieldError::new("payload", "must be an object { notificationId }"))?;
     let id = match data.get("notificationId") {
         Some(Value::String(id)) => id.as_str(),
         Some(_) => return Err(FieldError::new("notificationId", "must be a string").into()),

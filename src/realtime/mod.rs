@@ -157,7 +157,9 @@ impl<A: Adapter> HubOps for SocketIo<A> {
                         user_id: info.user_id.unwrap_or_default(),
                         session_id: info.session_id,
                     }),
-                    Err(e) => tracing::warn!(event, socket = %info.socket_id, error = %e, "emit failed"),
+                    Err(e) => {
+                        tracing::warn!(event, socket = %info.socket_id, error = %e, "emit failed")
+                    }
                 }
             }
             sent

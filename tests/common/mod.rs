@@ -1,0 +1,508 @@
+//! Test harness: the real `readbackd` binary on a free port against a real
+//! database (a fresh SQLite file, or a fresh PostgreSQL database), real
+//! HTTP, and real Socket.IO clients (the JavaScript `socket.io-client`,
+//! driven through `tests/js/driver.mjs`).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Mutex, Notify};
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+/// How long any wait for the daemon or a client may take before the test
+/// fails. Waits end as soon as the awaited thing happens.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Which database a story runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named story (an `async fn(Db)`) once per database.
+#[macro_export]
+macro_rules! both_databases {
+    ($($story:ident),* $(,)?) => {$(
+        mod $story {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$story($crate::common::Db::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$story($crate::common::Db::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// A temporary directory, database and configuration for one test.
+pub struct TestEnv {
+    pub db: Db,
+    pub dir: tempfile::TempDir,
+    pub database_url: String,
+    extra_config: String,
+}
+
+impl TestEnv {
+    pub async fn new(db: Db) -> Self {
+        Self::with_config(db, "").await
+    }
+
+    /// `extra` is appended to the generated TOML (whole sections only).
+    pub async fn with_config(db: Db, extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database_url = match db {
+            Db::Sqlite => format!("sqlite://{}/readback.db", dir.path().display()),
+            Db::Postgres => fresh_postgres_database().await,
+        };
+        Self {
+            db,
+            dir,
+            database_url,
+            extra_config: extra.to_string(),
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("readback.toml")
+    }
+
+    fn write_config(&self) -> PathBuf {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[auth]\njwt_secret = \"{SECRET}\"\nleeway = \"0s\"\n\n\
+             [database]\nurl = \"{}\"\n\n[logging]\nlevel = \"readback=debug,info\"\n\n{}\n",
+            self.database_url, self.extra_config
+        );
+        let path = self.config_path();
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    pub async fn start(&self) -> Daemon {
+        Daemon::start(&self.write_config()).await
+    }
+
+    /// A direct connection to the test database, for assertions on what
+    /// was stored.
+    pub async fn sql(&self) -> sqlx::AnyConnection {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect(&self.database_url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    pub async fn count(&self, sql: &'static str, arg: &str) -> i64 {
+        use sqlx::Row;
+        let mut conn = self.sql().await;
+        sqlx::query(sql)
+            .bind(arg.to_string())
+            .fetch_one(&mut conn)
+            .await
+            .expect("count query")
+            .get::<i64, _>(0)
+    }
+}
+
+/// Creates an empty database on the PostgreSQL named by
+/// `READBACK_TEST_POSTGRES_URL` (the test command starts one).
+async fn fresh_postgres_database() -> String {
+    use sqlx::{Connection, Executor};
+    let admin = std::env::var("READBACK_TEST_POSTGRES_URL").expect(
+        "READBACK_TEST_POSTGRES_URL is not set: run scripts/test.sh, which starts PostgreSQL",
+    );
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&admin)
+        .await
+        .expect("connect to the test PostgreSQL");
+    let name = format!("rb_{}", ulid::Ulid::new().to_string().to_lowercase());
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .expect("create test database");
+    let base = admin.rsplit_once('/').expect("database url with a path").0;
+    format!("{base}/{name}")
+}
+
+/// The running daemon.
+pub struct Daemon {
+    child: Child,
+    pub url: String,
+    config: PathBuf,
+}
+
+impl Daemon {
+    pub async fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_readbackd"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn readbackd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if let Some(url) = line.strip_prefix("readbackd listening on ") {
+                    return url.to_string();
+                }
+            }
+            panic!("readbackd exited before it was listening");
+        })
+        .await
+        .expect("readbackd did not print its ready line in time");
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            url,
+            config: config.to_path_buf(),
+        }
+    }
+
+    /// SIGKILL: no drain, no goodbye — a crash.
+    pub async fn kill9(mut self) {
+        self.child.kill().await.expect("kill");
+    }
+
+    /// SIGTERM, and the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("readbackd did not stop in time")
+            .expect("wait")
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.url)
+    }
+
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+}
+
+/// Signs a token the daemon accepts.
+pub fn token(user: &str, roles: &[&str], session: Option<&str>) -> String {
+    let mut claims = json!({ "sub": user, "roles": roles, "exp": now_secs() + 3600 });
+    if let Some(session) = session {
+        claims["sessionId"] = json!(session);
+    }
+    sign(&claims, SECRET)
+}
+
+pub fn sign(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign")
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+pub fn service_token() -> String {
+    token("pacs", &["service"], None)
+}
+pub fn admin_token() -> String {
+    token("it-admin", &["admin"], None)
+}
+
+/// HTTP helpers over reqwest.
+pub struct Http {
+    client: reqwest::Client,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            client: reqwest::Client::new(),
+        }
+    }
+}
+
+impl Http {
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("http request");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    pub async fn get(&self, url: &str, token: &str) -> Reply {
+        self.send(self.client.get(url).bearer_auth(token)).await
+    }
+
+    pub async fn post(&self, url: &str, token: &str, body: &Value) -> Reply {
+        self.send(self.client.post(url).bearer_auth(token).json(body))
+            .await
+    }
+
+    pub async fn delete(&self, url: &str, token: &str) -> Reply {
+        self.send(self.client.delete(url).bearer_auth(token)).await
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Raises a notification for a user and returns the stored body.
+    pub async fn raise(&self, daemon: &Daemon, recipient: Value, title: &str) -> Value {
+        let reply = self
+            .post(
+                &daemon.api("/notifications"),
+                &service_token(),
+                &json!({
+                    "recipient": recipient,
+                    "severity": "critical",
+                    "title": title,
+                    "patientId": "patient-789",
+                    "studyId": "study-012",
+                }),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "raise failed: {}", reply.body);
+        reply.body
+    }
+}
+
+/// Real Socket.IO clients (socket.io-client under Node), many per process.
+pub struct Clients {
+    child: Child,
+    stdin: Mutex<ChildStdin>,
+    inbox: Arc<std::sync::Mutex<Vec<Option<Value>>>>,
+    arrived: Arc<Notify>,
+    next_request: AtomicU64,
+    base_url: String,
+}
+
+impl Clients {
+    pub async fn start(daemon: &Daemon) -> Self {
+        let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/driver.mjs");
+        assert!(
+            driver.with_file_name("node_modules").exists(),
+            "tests/js/node_modules is missing: run scripts/test.sh (or npm ci in tests/js)"
+        );
+        let mut child = Command::new("node")
+            .arg(&driver)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn node (is Node.js installed?)");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let inbox = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let arrived = Arc::new(Notify::new());
+        let (inbox_writer, arrived_writer) = (inbox.clone(), arrived.clone());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let message: Value = serde_json::from_str(&line).expect("driver speaks JSON");
+                inbox_writer.lock().unwrap().push(Some(message));
+                arrived_writer.notify_waiters();
+            }
+        });
+        Self {
+            child,
+            stdin: Mutex::new(stdin),
+            inbox,
+            arrived,
+            next_request: AtomicU64::new(1),
+            base_url: daemon.url.clone(),
+        }
+    }
+
+    async fn command(&self, command: Value) {
+        let mut stdin = self.stdin.lock().await;
+        stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .expect("write to driver");
+        stdin.flush().await.expect("flush driver");
+    }
+
+    /// Waits for (and consumes) the first message matching `wanted`.
+    pub async fn wait_for(&self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                let notified = self.arrived.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(found) = self.take(&wanted) {
+                    return found;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        match found {
+            Ok(found) => found,
+            Err(_) => panic!(
+                "timed out waiting for {what}; unconsumed messages: {:#?}",
+                self.inbox
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    fn take(&self, wanted: &impl Fn(&Value) -> bool) -> Option<Value> {
+        let mut inbox = self.inbox.lock().unwrap();
+        let slot = inbox
+            .iter_mut()
+            .find(|slot| slot.as_ref().is_some_and(wanted))?;
+        slot.take()
+    }
+
+    /// Connects a socket with the given client options (`auth`, `query`,
+    /// `extraHeaders`, `transports`...). Returns the socket id, or the
+    /// `connect_error` message.
+    pub async fn connect_with(&self, name: &str, options: Value) -> Result<String, String> {
+        self.command(
+            json!({ "op": "connect", "name": name, "url": self.base_url, "options": options }),
+        )
+        .await;
+        let message = self
+            .wait_for(&format!("{name} to connect"), |m| {
+                m["name"] == name && (m["type"] == "connect" || m["type"] == "connect_error")
+            })
+            .await;
+        if message["type"] == "connect" {
+            Ok(message["id"].as_str().unwrap().to_string())
+        } else {
+            Err(message["message"].as_str().unwrap_or_default().to_string())
+        }
+    }
+
+    /// Connects with `auth: { token }` and waits for the `connected` event.
+    pub async fn connect(&self, name: &str, token: &str) -> Value {
+        self.connect_with(name, json!({ "auth": { "token": token } }))
+            .await
+            .unwrap_or_else(|e| panic!("{name} could not connect: {e}"));
+        self.next_event(name, "connected").await
+    }
+
+    pub async fn emit(&self, name: &str, event: &str, args: Value) {
+        self.command(
+            json!({ "op": "emit", "name": name, "event": event, "args": args, "ack": false }),
+        )
+        .await;
+    }
+
+    /// Emits with an ack callback and returns the server's answer.
+    pub async fn emit_ack(&self, name: &str, event: &str, args: Value) -> Value {
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        self.command(json!({ "op": "emit", "name": name, "event": event, "args": args, "ack": true, "req": request }))
+            .await;
+        let answer = self
+            .wait_for(&format!("the ack of {event} from {name}"), |m| {
+                m["type"] == "ack" && m["req"] == request
+            })
+            .await;
+        assert!(answer.get("error").is_none(), "ack failed: {answer}");
+        answer["value"].clone()
+    }
+
+    pub async fn ack(&self, name: &str, notification_id: &str) -> Value {
+        self.emit_ack(
+            name,
+            "acknowledge_notification",
+            json!([{ "notificationId": notification_id }]),
+        )
+        .await
+    }
+
+    /// The next `event` received by socket `name`: its first argument.
+    pub async fn next_event(&self, name: &str, event: &str) -> Value {
+        let message = self
+            .wait_for(&format!("{event} on {name}"), |m| {
+                m["type"] == "event" && m["name"] == name && m["event"] == event
+            })
+            .await;
+        message["args"][0].clone()
+    }
+
+    /// Round-trips an `activity` event: everything the server sent to this
+    /// socket before answering has arrived once this returns.
+    pub async fn barrier(&self, name: &str) {
+        let answer = self.emit_ack(name, "activity", json!([])).await;
+        assert_eq!(answer["ok"], true, "activity answer: {answer}");
+    }
+
+    /// Events of type `event` received so far by `name` (consumed).
+    pub fn drain(&self, name: &str, event: &str) -> Vec<Value> {
+        let mut inbox = self.inbox.lock().unwrap();
+        inbox
+            .iter_mut()
+            .filter(|slot| {
+                slot.as_ref().is_some_and(|m| {
+                    m["type"] == "event" && m["name"] == name && m["event"] == event
+                })
+            })
+            .map(|slot| slot.take().unwrap()["args"][0].clone())
+            .collect()
+    }
+
+    pub async fn wait_disconnect(&self, name: &str) -> String {
+        let message = self
+            .wait_for(&format!("{name} to disconnect"), |m| {
+                m["type"] == "disconnect" && m["name"] == name
+            })
+            .await;
+        message["reason"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub async fn close(&self, name: &str) {
+        self.command(json!({ "op": "close", "name": name })).await;
+        self.wait_for(&format!("{name} to close"), |m| {
+            m["type"] == "closed" && m["name"] == name
+        })
+        .await;
+    }
+}

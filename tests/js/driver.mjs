@@ -1,0 +1,56 @@
+// Drives real socket.io-client sockets for the Rust integration tests.
+// Reads one JSON command per line on stdin, writes one JSON message per line
+// on stdout. Commands:
+//   {op:"connect", name, url, options}       -> {type:"connect", name, id} | {type:"connect_error", name, message}
+//   {op:"emit", name, event, args, ack, req} -> {type:"ack", req, value} when ack
+//   {op:"close", name}                       -> {type:"closed", name}
+// Every event a socket receives:              {type:"event", name, event, args}
+// Every disconnect:                           {type:"disconnect", name, reason}
+import { io } from "socket.io-client";
+import { createInterface } from "node:readline";
+
+const sockets = new Map();
+const out = (msg) => process.stdout.write(JSON.stringify(msg) + "\n");
+
+function connect({ name, url, options }) {
+  const socket = io(url, {
+    forceNew: true,
+    reconnection: false,
+    transports: ["websocket"],
+    ...options,
+  });
+  sockets.set(name, socket);
+  socket.on("connect", () => out({ type: "connect", name, id: socket.id }));
+  socket.on("connect_error", (err) => out({ type: "connect_error", name, message: err.message }));
+  socket.on("disconnect", (reason) => out({ type: "disconnect", name, reason }));
+  socket.onAny((event, ...args) => out({ type: "event", name, event, args }));
+}
+
+function emit({ name, event, args, ack, req }) {
+  const socket = sockets.get(name);
+  if (!socket) return out({ type: "ack", req, error: `no socket ${name}` });
+  if (ack) {
+    socket.timeout(10000).emit(event, ...args, (err, value) => {
+      if (err) out({ type: "ack", req, error: String(err) });
+      else out({ type: "ack", req, value });
+    });
+  } else {
+    socket.emit(event, ...args);
+  }
+}
+
+const lines = createInterface({ input: process.stdin });
+lines.on("line", (line) => {
+  const cmd = JSON.parse(line);
+  if (cmd.op === "connect") connect(cmd);
+  else if (cmd.op === "emit") emit(cmd);
+  else if (cmd.op === "close") {
+    sockets.get(cmd.name)?.close();
+    sockets.delete(cmd.name);
+    out({ type: "closed", name: cmd.name });
+  }
+});
+lines.on("close", () => {
+  for (const socket of sockets.values()) socket.close();
+  process.exit(0);
+});
