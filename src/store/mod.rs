@@ -60,9 +60,13 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
             sqlx::Error::Database(ref db)
                 if db.code().is_some_and(|c| {
-                    // PostgreSQL: admin shutdown / cannot connect now;
+                    // PostgreSQL: connection exceptions (08), no room for
+                    // another connection (53), shutting down (57P);
                     // SQLite: busy or locked beyond the busy timeout.
-                    matches!(c.as_ref(), "57P01" | "57P03" | "5" | "6")
+                    c.starts_with("08")
+                        || c.starts_with("53")
+                        || c.starts_with("57P")
+                        || matches!(c.as_ref(), "5" | "6")
                 }) =>
             {
                 StoreError::Unavailable(error)
