@@ -98,6 +98,7 @@ impl Application {
     /// disconnects the sockets, lets in-flight requests finish and closes
     /// the database pool (committed data is already durable).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let scheduler = crate::scheduler::spawn(self.state.clone(), shutdown.clone());
         let hub = self.state.hub.clone();
         let drain = async move {
             shutdown.cancelled().await;
@@ -106,6 +107,8 @@ impl Application {
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(drain)
             .await?;
+        // A tick in progress finishes its transaction before the pool closes.
+        let _ = scheduler.await;
         self.state.store.close().await;
         Ok(())
     }

@@ -23,6 +23,12 @@ pub enum Action {
     AccessDenied,
     AdminBroadcast,
     AdminDisconnect,
+    SessionStarted,
+    SessionRegistered,
+    SessionWarned,
+    SessionExtended,
+    SessionExpired,
+    SessionTerminated,
 }
 
 impl Action {
@@ -37,6 +43,12 @@ impl Action {
             Action::AccessDenied => "access.denied",
             Action::AdminBroadcast => "admin.broadcast",
             Action::AdminDisconnect => "admin.disconnect",
+            Action::SessionStarted => "session.started",
+            Action::SessionRegistered => "session.registered",
+            Action::SessionWarned => "session.warned",
+            Action::SessionExtended => "session.extended",
+            Action::SessionExpired => "session.expired",
+            Action::SessionTerminated => "session.terminated",
         }
     }
 }

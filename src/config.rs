@@ -138,6 +138,16 @@ pub struct SessionsConfig {
     pub warning_before: Duration,
     #[serde(default = "default_max_lifetime", with = "humantime_serde")]
     pub max_lifetime: Duration,
+    /// Activity is written to the database at most this often per socket;
+    /// warnings and expiry are judged this much late, so a session with
+    /// activity inside its idle window never expires.
+    #[serde(default = "default_activity_coalesce", with = "humantime_serde")]
+    pub activity_coalesce: Duration,
+    /// Shorter or longer idle timeouts for some roles, e.g.
+    /// `{ ed-physician = "5m", reading-room = "30m" }`. With several
+    /// matching roles the shortest applies.
+    #[serde(default, deserialize_with = "durations_by_key")]
+    pub idle_timeout_by_role: BTreeMap<String, Duration>,
 }
 
 impl Default for SessionsConfig {
@@ -146,8 +156,27 @@ impl Default for SessionsConfig {
             idle_timeout: default_idle_timeout(),
             warning_before: default_warning_before(),
             max_lifetime: default_max_lifetime(),
+            activity_coalesce: default_activity_coalesce(),
+            idle_timeout_by_role: BTreeMap::new(),
         }
     }
+}
+
+fn default_activity_coalesce() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn durations_by_key<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, Duration>, D::Error> {
+    let raw = BTreeMap::<String, String>::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|(key, text)| {
+            humantime::parse_duration(&text)
+                .map(|duration| (key.clone(), duration))
+                .map_err(|e| serde::de::Error::custom(format!("{key}: {e}")))
+        })
+        .collect()
 }
 
 fn default_idle_timeout() -> Duration {
@@ -374,6 +403,13 @@ impl Config {
             problems.push(
                 "sessions.max_lifetime: must not be shorter than sessions.idle_timeout".into(),
             );
+        }
+        for (role, idle) in &sessions.idle_timeout_by_role {
+            if idle.is_zero() || *idle > sessions.max_lifetime {
+                problems.push(format!(
+                    "sessions.idle_timeout_by_role.{role}: must be between 0 and sessions.max_lifetime"
+                ));
+            }
         }
         if self.scheduler.tick.is_zero() {
             problems.push("scheduler.tick: must be greater than zero".into());

@@ -18,6 +18,8 @@ pub mod http;
 pub mod metrics;
 pub mod notifications;
 pub mod realtime;
+pub mod scheduler;
+pub mod sessions;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

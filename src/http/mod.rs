@@ -10,11 +10,12 @@ pub mod error;
 mod extract;
 mod health;
 mod notifications;
+mod sessions;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, header};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -37,7 +38,13 @@ pub fn router(state: AppState) -> Router {
             "/users/{user_id}/connections",
             delete(admin::disconnect_user),
         )
-        .route("/me/status", get(admin::me));
+        .route("/me/status", get(admin::me))
+        .route(
+            "/sessions/{session_id}",
+            put(sessions::register)
+                .get(sessions::get)
+                .delete(sessions::terminate),
+        );
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -18,8 +18,9 @@ use crate::auth::{Identity, TokenError};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::notifications::{
-    FieldError, check_identifier, role_room, service, session_room, user_room,
+    FieldError, check_identifier, check_text, role_room, service, session_room, user_room,
 };
+use crate::sessions::service::{self as sessions, OnConnect, SessionClock};
 
 /// Registers the default namespace. Returns the adapter's init result
 /// (a future for cluster adapters, `()` for the local one).
@@ -101,14 +102,39 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
         return;
     };
     let identity = &connection.identity;
+    state.metrics.connected_sockets.inc();
+    register_events(&socket, &state);
+    match sessions::on_connect(&state, identity).await {
+        Ok(OnConnect::NoSession) => {}
+        Ok(OnConnect::Active(clock)) => {
+            socket.extensions.insert(Arc::new(clock));
+        }
+        Ok(OnConnect::Ended { reason }) => {
+            let _ = socket.emit(
+                "session_expired",
+                &json!({ "sessionId": identity.session_id, "reason": reason, "timestamp": Timestamp::now() }),
+            );
+            let _ = socket.disconnect();
+            return;
+        }
+        Ok(OnConnect::Foreign) => {
+            let _ = socket.emit(
+                "error",
+                &json!({ "code": "forbidden", "message": "the token's session belongs to another user", "event": "connect" }),
+            );
+            let _ = socket.disconnect();
+            return;
+        }
+        Err(e) => {
+            tracing::error!(socket = %socket.id, error = %e, "could not record the session; continuing without it");
+        }
+    }
     let mut rooms = vec![user_room(&identity.user_id)];
     rooms.extend(identity.roles.iter().map(|role| role_room(role)));
     if let Some(session) = &identity.session_id {
         rooms.push(session_room(session));
     }
     socket.join(rooms);
-    register_events(&socket, &state);
-    state.metrics.connected_sockets.inc();
     tracing::info!(socket = %socket.id, user = %identity.user_id, "connected");
 
     let _ = socket.emit(
@@ -122,6 +148,12 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
         }),
     );
     replay(&socket, &state, identity).await;
+}
+
+/// Any client event counts as activity on the socket's session.
+async fn touch<A: Adapter>(socket: &SocketRef<A>, state: &AppState) -> Option<Timestamp> {
+    let clock = socket.extensions.get::<Arc<SessionClock>>()?;
+    Some(sessions::touch(state, &clock).await)
 }
 
 /// Sends every open notification of the user (direct or through a role),
@@ -160,26 +192,46 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
         move |socket: SocketRef<A>, TryData(data): TryData<Value>, reply: Reply<A>| {
             let state = ack_state.clone();
             async move {
+                touch(&socket, &state).await;
                 let result = acknowledge(&socket, &state, data.ok()).await;
                 reply.answer("acknowledge_notification", result);
             }
         },
     );
     let activity_state = state.clone();
-    socket.on("activity", move |reply: Reply<A>| {
+    socket.on("activity", move |socket: SocketRef<A>, reply: Reply<A>| {
         let state = activity_state.clone();
         async move {
-            let expires_at = Timestamp::now().plus(state.config.sessions.idle_timeout);
+            let expires_at = touch(&socket, &state).await;
             reply.answer(
                 "activity",
                 Ok(json!({ "ok": true, "expiresAt": expires_at })),
             );
         }
     });
-    socket.on_fallback(async |Event(event): Event, reply: Reply<A>| {
-        let error = Error::Invalid(FieldError::new("event", format!("unknown event `{event}`")));
-        reply.answer(&event, Err(error));
-    });
+    let extend_state = state.clone();
+    socket.on(
+        "extend_session",
+        move |socket: SocketRef<A>, TryData(data): TryData<Value>, reply: Reply<A>| {
+            let state = extend_state.clone();
+            async move {
+                let result = extend_session(&socket, &state, data.ok()).await;
+                reply.answer("extend_session", result);
+            }
+        },
+    );
+    let fallback_state = state.clone();
+    socket.on_fallback(
+        move |socket: SocketRef<A>, Event(event): Event, reply: Reply<A>| {
+            let state = fallback_state.clone();
+            async move {
+                touch(&socket, &state).await;
+                let error =
+                    Error::Invalid(FieldError::new("event", format!("unknown event `{event}`")));
+                reply.answer(&event, Err(error));
+            }
+        },
+    );
     let disconnect_state = state.clone();
     socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
         let state = disconnect_state.clone();
@@ -188,6 +240,29 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
             tracing::info!(socket = %socket.id, %reason, "disconnected");
         }
     });
+}
+
+/// `extend_session { sessionId }`: only the token's own session.
+async fn extend_session<A: Adapter>(
+    socket: &SocketRef<A>,
+    state: &AppState,
+    data: Option<Value>,
+) -> Result<Value, Error> {
+    let connection = socket
+        .extensions
+        .get::<Arc<Connection>>()
+        .ok_or_else(|| Error::Forbidden("not authenticated".into()))?;
+    let data = data
+        .filter(Value::is_object)
+        .ok_or_else(|| FieldError::new("payload", "must be an object { sessionId }"))?;
+    let session_id = match data.get("sessionId") {
+        Some(Value::String(id)) => id.as_str(),
+        Some(_) => return Err(FieldError::new("sessionId", "must be a string").into()),
+        None => return Err(FieldError::new("sessionId", "is required").into()),
+    };
+    check_text("sessionId", session_id, 256)?;
+    let expires_at = sessions::extend(state, &connection.identity, session_id).await?;
+    Ok(json!({ "ok": true, "sessionId": session_id, "expiresAt": expires_at }))
 }
 
 /// `acknowledge_notification { notificationId, userId? }`.

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod notifications;
+pub mod sessions;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -77,16 +78,30 @@ impl From<sqlx::Error> for StoreError {
 }
 
 /// Migrations embedded in the binary, one list per dialect.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "core",
-    include_str!("../../migrations/sqlite/0001_core.sql"),
-)];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "core",
-    include_str!("../../migrations/postgres/0001_core.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "core",
+        include_str!("../../migrations/sqlite/0001_core.sql"),
+    ),
+    (
+        2,
+        "sessions",
+        include_str!("../../migrations/sqlite/0002_sessions.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "core",
+        include_str!("../../migrations/postgres/0001_core.sql"),
+    ),
+    (
+        2,
+        "sessions",
+        include_str!("../../migrations/postgres/0002_sessions.sql"),
+    ),
+];
 
 impl Store {
     /// Opens a pool. For SQLite the file (and its directory) is created if

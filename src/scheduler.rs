@@ -1,0 +1,48 @@
+//! The scheduler: one loop that asks the database what is due.
+//!
+//! Owns: the tick (`scheduler.tick`) and calling each domain's scan. Due
+//! times live in the database, so nothing is lost across restarts and
+//! several daemons can share the work (each scan claims rows atomically).
+//! A plain `tokio::time::interval` rather than a cron scheduler: the work
+//! is "every tick, claim what is due", with sub-second ticks in tests and a
+//! shutdown token to honour — there is no cron expression to evaluate and
+//! no job state to keep in memory.
+//! Never: keep per-item timers in memory.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::sessions;
+
+pub fn spawn(state: AppState, shutdown: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(state.config.scheduler.tick);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => run_once(&state).await,
+            }
+        }
+        tracing::debug!("scheduler stopped");
+    })
+}
+
+/// One pass over everything that may be due. Errors are logged and the
+/// next tick tries again: nothing is lost, only delayed.
+pub async fn run_once(state: &AppState) {
+    let started = std::time::Instant::now();
+    match sessions::service::scan(state).await {
+        Ok((0, 0)) => {}
+        Ok((expired, warned)) => tracing::debug!(expired, warned, "sessions scanned"),
+        Err(e) => tracing::warn!(error = %e, "session scan failed; retrying next tick"),
+    }
+    let took = started.elapsed();
+    if took > Duration::from_millis(500) {
+        tracing::warn!(?took, "scheduler tick was slow");
+    }
+}
