@@ -9,8 +9,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use socketioxide::SocketIo;
+use socketioxide_postgres::{PostgresAdapterConfig, PostgresAdapterCtr, SqlxAdapter};
+use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +21,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::realtime::{self, Hub};
-use crate::store::{Store, StoreError};
+use crate::store::{Backend, Store, StoreError};
 
 /// Everything a handler may need; cheap to clone.
 #[derive(Clone)]
@@ -36,6 +39,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Auth(String),
+    #[error("cannot join the other daemons through PostgreSQL: {0}")]
+    Cluster(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -55,21 +60,53 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let store = Store::connect(&config.database).await?;
         store.migrate().await?;
-        let verifier = Verifier::from_config(&config.auth).map_err(StartError::Auth)?;
-        let (socket_layer, io) = SocketIo::builder()
-            .max_payload(config.server.max_socket_message_bytes)
-            .build_layer();
-        let state = AppState {
-            config: Arc::new(config),
-            store,
-            verifier: Arc::new(verifier),
-            hub: Hub::new(io.clone()),
-            metrics: Arc::new(Metrics::default()),
+        let verifier = Arc::new(Verifier::from_config(&config.auth).map_err(StartError::Auth)?);
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::default());
+        let sockets = SocketIo::builder().max_payload(config.server.max_socket_message_bytes);
+        let state_for = |hub: Hub| AppState {
+            config: config.clone(),
+            store: store.clone(),
+            verifier: verifier.clone(),
+            hub,
+            metrics: metrics.clone(),
         };
-        realtime::attach(&io, state.clone());
-        let router = crate::http::router(state.clone())
-            .layer(socket_layer)
-            .layer(crate::http::cors(&state.config.server.cors_origins));
+        let (router, state) = match store.backend() {
+            // One daemon per SQLite file: sockets live in this process.
+            Backend::Sqlite => {
+                let (layer, io) = sockets.build_layer();
+                let state = state_for(Hub::new(io.clone()));
+                realtime::attach(&io, state.clone());
+                (crate::http::router(state.clone()).layer(layer), state)
+            }
+            // Daemons sharing a PostgreSQL database share their rooms through
+            // it (LISTEN/NOTIFY), so an emit reaches sockets on every node.
+            Backend::Postgres => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(4)
+                    .connect(&config.database.url)
+                    .await
+                    .map_err(StoreError::from)?;
+                let adapter = PostgresAdapterCtr::new_with_sqlx_config(
+                    pool,
+                    PostgresAdapterConfig::new()
+                        .with_table_name("socketio_attachments")
+                        .with_prefix("readback")
+                        .with_hb_interval(Duration::from_secs(2))
+                        .with_hb_timeout(Duration::from_secs(6))
+                        .with_request_timeout(Duration::from_secs(2)),
+                );
+                let (layer, io) = sockets
+                    .with_adapter::<SqlxAdapter<_>>(adapter)
+                    .build_layer();
+                let state = state_for(Hub::new(io.clone()));
+                realtime::attach(&io, state.clone())
+                    .await
+                    .map_err(|e| StartError::Cluster(e.to_string()))?;
+                (crate::http::router(state.clone()).layer(layer), state)
+            }
+        };
+        let router = router.layer(crate::http::cors(&state.config.server.cors_origins));
         let listen = state.config.server.listen.clone();
         let listener = TcpListener::bind(&listen)
             .await
