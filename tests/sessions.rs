@@ -33,6 +33,7 @@ both_databases!(
     terminate_over_http_ends_the_session,
     expiry_survives_a_restart,
     bad_session_requests_are_refused,
+    per_role_idle_timeouts_apply_to_new_sessions,
 );
 
 async fn warning_then_idle_expiry_reach_every_tab(db: Db) {
@@ -376,4 +377,46 @@ async fn bad_session_requests_are_refused(db: Db) {
     let own = http.get(&daemon.api("/sessions/s-gina"), &gina).await;
     assert_eq!(own.status, 200);
     assert_eq!(own.body["userId"], "gina");
+}
+
+async fn per_role_idle_timeouts_apply_to_new_sessions(db: Db) {
+    let config = SHORT_SESSIONS.replace(
+        "activity_coalesce = \"100ms\"",
+        "activity_coalesce = \"100ms\"\nidle_timeout_by_role = { ed-physician = \"2s\", reading-room = \"30m\" }",
+    );
+    let env = TestEnv::with_config(db, &config).await;
+    let daemon = env.start().await;
+    let clients = Clients::start(&daemon).await;
+    let http = Http::default();
+    let ed = token("hank", &["radiologist", "ed-physician"], Some("s-ed"));
+    let reader = token("ivy", &["reading-room"], Some("s-reader"));
+    let started = Instant::now();
+    clients.connect("ed", &ed).await;
+    clients.connect("reader", &reader).await;
+
+    let ed_session = http
+        .get(&daemon.api("/sessions/s-ed"), &service_token())
+        .await;
+    assert_eq!(ed_session.body["idleTimeout"], 2000);
+    let reader_session = http
+        .get(&daemon.api("/sessions/s-reader"), &service_token())
+        .await;
+    assert_eq!(reader_session.body["idleTimeout"], 1_800_000);
+
+    let warning = clients.next_event("ed", "session_timeout_warning").await;
+    assert!(
+        warning["timeRemaining"].as_i64().unwrap() <= 1000,
+        "{warning}"
+    );
+    assert_eq!(
+        clients.next_event("ed", "session_expired").await["reason"],
+        "idle"
+    );
+    assert!(started.elapsed() <= Duration::from_secs(2) + LATE);
+    clients.barrier("reader").await;
+    assert!(
+        clients
+            .drain("reader", "session_timeout_warning")
+            .is_empty()
+    );
 }

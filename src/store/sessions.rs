@@ -181,24 +181,42 @@ fn claimed(row: &AnyRow, with_reason: bool) -> Result<Claimed, sqlx::Error> {
     })
 }
 
-/// Claims active sessions whose expiry is at or before `due`, ending them.
-pub async fn claim_expired(
-    conn: &mut AnyConnection,
-    due: Timestamp,
-    now: Timestamp,
-) -> Result<Vec<Claimed>, StoreError> {
-    let rows = sqlx::query(AssertSqlSafe(format!(
+/// The claim of due expiries: `$1` is the due time, `$2` now. Public so
+/// the scheduler benchmark can show its query plan.
+pub fn claim_expired_sql() -> String {
+    format!(
         "UPDATE sessions SET state = 'expired', ended_at = $2, \
            end_reason = CASE WHEN expires_at >= started_at + max_lifetime_ms THEN 'max_lifetime' ELSE 'idle' END \
          WHERE state = 'active' AND next_due_at <= $1 AND expires_at <= $1 AND id IN ( \
            SELECT id FROM sessions WHERE state = 'active' AND next_due_at <= $1 AND expires_at <= $1 \
            ORDER BY next_due_at LIMIT {CLAIM_BATCH}) \
          RETURNING id, user_id, expires_at, end_reason"
-    )))
-    .bind(due.as_millis())
-    .bind(now.as_millis())
-    .fetch_all(&mut *conn)
-    .await?;
+    )
+}
+
+/// The claim of due warnings: `$1` is the due time.
+pub fn claim_warnings_sql() -> String {
+    format!(
+        "UPDATE sessions SET warned_for = expires_at, next_due_at = expires_at \
+         WHERE state = 'active' AND next_due_at <= $1 AND expires_at > $1 \
+           AND (warned_for IS NULL OR warned_for <> expires_at) AND id IN ( \
+           SELECT id FROM sessions WHERE state = 'active' AND next_due_at <= $1 AND expires_at > $1 \
+           ORDER BY next_due_at LIMIT {CLAIM_BATCH}) \
+         RETURNING id, user_id, expires_at"
+    )
+}
+
+/// Claims active sessions whose expiry is at or before `due`, ending them.
+pub async fn claim_expired(
+    conn: &mut AnyConnection,
+    due: Timestamp,
+    now: Timestamp,
+) -> Result<Vec<Claimed>, StoreError> {
+    let rows = sqlx::query(AssertSqlSafe(claim_expired_sql()))
+        .bind(due.as_millis())
+        .bind(now.as_millis())
+        .fetch_all(&mut *conn)
+        .await?;
     Ok(rows
         .iter()
         .map(|r| claimed(r, true))
@@ -211,17 +229,10 @@ pub async fn claim_warnings(
     conn: &mut AnyConnection,
     due: Timestamp,
 ) -> Result<Vec<Claimed>, StoreError> {
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE sessions SET warned_for = expires_at, next_due_at = expires_at \
-         WHERE state = 'active' AND next_due_at <= $1 AND expires_at > $1 \
-           AND (warned_for IS NULL OR warned_for <> expires_at) AND id IN ( \
-           SELECT id FROM sessions WHERE state = 'active' AND next_due_at <= $1 AND expires_at > $1 \
-           ORDER BY next_due_at LIMIT {CLAIM_BATCH}) \
-         RETURNING id, user_id, expires_at"
-    )))
-    .bind(due.as_millis())
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query(AssertSqlSafe(claim_warnings_sql()))
+        .bind(due.as_millis())
+        .fetch_all(&mut *conn)
+        .await?;
     Ok(rows
         .iter()
         .map(|r| claimed(r, false))
