@@ -42,7 +42,12 @@ TOML
   figures=$(node benches/latency.mjs "$base" "$service" "$viewer" "$count")
   echo "$db: $figures"
   kill -TERM "$pid"; wait "$pid" || true
-  rows="$rows$(python3 -c 'import json,sys; f=json.loads(sys.argv[2]); print(f"| {sys.argv[1]} | {f[\"count\"]} | {f[\"http_201_p50_ms\"]} | {f[\"http_201_p99_ms\"]} | {f[\"receipt_p50_ms\"]} | {f[\"receipt_p99_ms\"]} |")' "$db" "$figures")
+  rows="$rows$(python3 - "$db" "$figures" <<'PY'
+import json, sys
+f = json.loads(sys.argv[2])
+print(f"| {sys.argv[1]} | {f['count']} | {f['http_201_p50_ms']} | {f['http_201_p99_ms']} | {f['receipt_p50_ms']} | {f['receipt_p99_ms']} |")
+PY
+)
 "
 done
 rm -rf "$work"

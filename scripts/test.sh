@@ -13,6 +13,9 @@ log() { printf '\n== %s\n' "$*"; }
 log "prerequisites"
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# The SMTP server the escalation tests send to.
+python3 -c 'import aiosmtpd' 2>/dev/null ||
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore aiosmtpd==1.4.6
 
 log "test clients (socket.io-client)"
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use socketioxide::SocketIo;
 use socketioxide_postgres::{PostgresAdapterConfig, PostgresAdapterCtr, SqlxAdapter};
 use sqlx::postgres::PgPoolOptions;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::escalation::mailer::Mailer;
 use crate::metrics::Metrics;
 use crate::realtime::{self, Hub};
 use crate::store::{Backend, Store, StoreError};
@@ -31,6 +33,8 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
+    /// Wakes the outbox sender when the escalation pass queued emails.
+    pub outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Auth(String),
+    #[error("{0}")]
+    Smtp(String),
     #[error("cannot join the other daemons through PostgreSQL: {0}")]
     Cluster(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -52,6 +58,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     state: AppState,
+    mailer: Option<Mailer>,
 }
 
 impl Application {
@@ -63,6 +70,8 @@ impl Application {
         let verifier = Arc::new(Verifier::from_config(&config.auth).map_err(StartError::Auth)?);
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
+        let outbox_wake = Arc::new(tokio::sync::Notify::new());
+        let mailer = Mailer::from_config(&config.smtp).map_err(StartError::Smtp)?;
         let sockets = SocketIo::builder().max_payload(config.server.max_socket_message_bytes);
         let state_for = |hub: Hub| AppState {
             config: config.clone(),
@@ -70,6 +79,7 @@ impl Application {
             verifier: verifier.clone(),
             hub,
             metrics: metrics.clone(),
+            outbox_wake: outbox_wake.clone(),
         };
         let (router, state) = match store.backend() {
             // One daemon per SQLite file: sockets live in this process.
@@ -118,6 +128,7 @@ impl Application {
             listener,
             router,
             state,
+            mailer,
         })
     }
 
@@ -136,16 +147,26 @@ impl Application {
     /// the database pool (committed data is already durable).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let scheduler = crate::scheduler::spawn(self.state.clone(), shutdown.clone());
+        let sender =
+            crate::escalation::mailer::spawn(self.state.clone(), self.mailer, shutdown.clone());
         let hub = self.state.hub.clone();
         let drain = async move {
             shutdown.cancelled().await;
             hub.close().await;
         };
-        axum::serve(self.listener, self.router)
+        // Small frames (a notification, an ack) go out at once instead of
+        // waiting for the peer's delayed ACK (Nagle).
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, self.router)
             .with_graceful_shutdown(drain)
             .await?;
         // A tick in progress finishes its transaction before the pool closes.
         let _ = scheduler.await;
+        let _ = sender.await;
         self.state.store.close().await;
         Ok(())
     }

@@ -29,6 +29,10 @@ pub enum Action {
     SessionExtended,
     SessionExpired,
     SessionTerminated,
+    NotificationEscalated,
+    EmailSent,
+    EmailFailed,
+    EmailSkipped,
 }
 
 impl Action {
@@ -49,6 +53,10 @@ impl Action {
             Action::SessionExtended => "session.extended",
             Action::SessionExpired => "session.expired",
             Action::SessionTerminated => "session.terminated",
+            Action::NotificationEscalated => "notification.escalated",
+            Action::EmailSent => "email.sent",
+            Action::EmailFailed => "email.failed",
+            Action::EmailSkipped => "email.skipped",
         }
     }
 }

@@ -236,11 +236,55 @@ fn default_severities() -> BTreeMap<String, SeverityConfig> {
     .collect()
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
+    /// `smtp://host:port` (plain, for loopback), `smtp://host:587?tls=required`
+    /// (STARTTLS), `smtps://host:465` (implicit TLS), with optional
+    /// `user:password@`; or `file://DIR` to write each email to a file
+    /// (trials without a mail server). Unset: escalation emails stay in the
+    /// outbox until a server is configured.
     pub url: Option<String>,
+    /// The sender, e.g. `readback@hospital.example` or `Readback <readback@hospital.example>`.
     pub from: Option<String>,
+    /// How long one SMTP conversation may take.
+    #[serde(default = "default_smtp_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// First retry delay after a transient failure; doubles per attempt.
+    #[serde(default = "default_retry_base", with = "humantime_serde")]
+    pub retry_base: Duration,
+    /// Longest delay between retries.
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// After this many failed attempts an email is given up (and audited).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            from: None,
+            timeout: default_smtp_timeout(),
+            retry_base: default_retry_base(),
+            retry_max: default_retry_max(),
+            max_attempts: default_max_attempts(),
+        }
+    }
+}
+
+fn default_smtp_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_retry_base() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_attempts() -> u32 {
+    50
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -248,16 +292,32 @@ pub struct SmtpConfig {
 pub struct EscalationConfig {
     #[serde(default)]
     pub levels: Vec<EscalationLevelConfig>,
+    /// Put patient id, study id, accession number and the message in emails.
     #[serde(default)]
     pub include_phi: bool,
+    /// Link in each email; `{id}` is replaced by the notification id, e.g.
+    /// `https://pacs.hospital.example/worklist?notification={id}`.
     pub link_template: Option<String>,
+    /// Repeat the last level this often until someone acknowledges.
+    #[serde(default, with = "humantime_serde")]
+    pub repeat_every: Option<Duration>,
+    /// How many times the last level is repeated at most.
+    #[serde(default = "default_repeat_limit")]
+    pub repeat_limit: u32,
+}
+
+fn default_repeat_limit() -> u32 {
+    12
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EscalationLevelConfig {
+    /// Delay after the acknowledgement deadline.
     #[serde(with = "humantime_serde")]
     pub after: Duration,
+    /// Addresses, or `recipient` for the recipient's e-mail (every known
+    /// holder's, for a role notification).
     pub to: Vec<String>,
 }
 

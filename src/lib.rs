@@ -14,6 +14,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod escalation;
 pub mod http;
 pub mod metrics;
 pub mod notifications;

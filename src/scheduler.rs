@@ -16,7 +16,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
-use crate::sessions;
+use crate::{escalation, sessions};
 
 pub fn spawn(state: AppState, shutdown: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -40,6 +40,11 @@ pub async fn run_once(state: &AppState) {
         Ok((0, 0)) => {}
         Ok((expired, warned)) => tracing::debug!(expired, warned, "sessions scanned"),
         Err(e) => tracing::warn!(error = %e, "session scan failed; retrying next tick"),
+    }
+    match escalation::service::scan(state).await {
+        Ok(0) => {}
+        Ok(fired) => tracing::debug!(fired, "escalation steps fired"),
+        Err(e) => tracing::warn!(error = %e, "escalation scan failed; retrying next tick"),
     }
     let took = started.elapsed();
     if took > Duration::from_millis(500) {

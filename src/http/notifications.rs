@@ -10,14 +10,16 @@ use super::error::ApiError;
 use super::extract::{Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json};
 use crate::app::AppState;
 use crate::clock::Timestamp;
+use crate::notifications::service::Trace;
 use crate::notifications::{
     FieldError, MAX_REASON_LEN, Notification, State as NotificationState, check_identifier,
     check_text, service,
 };
-use crate::store::notifications::{Delivery, ListFilter};
+use crate::store::notifications::ListFilter;
 
-/// The stored notification with its state, as the API shows it.
-pub fn view(notification: &Notification, deliveries: Option<&[Delivery]>) -> Value {
+/// The stored notification with its state, as the API shows it; with its
+/// trace (deliveries, escalations, emails) when there is one.
+pub fn view(notification: &Notification, trace: Option<&Trace>) -> Value {
     let mut body = serde_json::to_value(notification.to_wire(false)).expect("serializable");
     let object = body.as_object_mut().expect("object");
     object.remove("replayed");
@@ -42,9 +44,10 @@ pub fn view(notification: &Notification, deliveries: Option<&[Delivery]>) -> Val
             None => Value::Null,
         },
     );
-    if let Some(deliveries) = deliveries {
-        object.insert("deliveries".into(), json!(deliveries));
-        object.insert("escalations".into(), json!([]));
+    if let Some(trace) = trace {
+        object.insert("deliveries".into(), json!(trace.deliveries));
+        object.insert("escalations".into(), json!(trace.escalations));
+        object.insert("emails".into(), json!(trace.emails));
     }
     body
 }
@@ -68,10 +71,13 @@ pub async fn raise(
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(view(&raised.notification, Some(&raised.deliveries))),
-    ))
+    let trace = Trace {
+        notification: raised.notification,
+        deliveries: raised.deliveries,
+        escalations: Vec::new(),
+        emails: Vec::new(),
+    };
+    Ok((status, Json(view(&trace.notification, Some(&trace)))))
 }
 
 pub async fn get(
@@ -80,8 +86,8 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_identifier("id", &id)?;
-    let (notification, deliveries) = service::get(&state, &id).await?;
-    Ok(Json(view(&notification, Some(&deliveries))))
+    let trace = service::get(&state, &id).await?;
+    Ok(Json(view(&trace.notification, Some(&trace))))
 }
 
 #[derive(Debug, Deserialize)]

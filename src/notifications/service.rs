@@ -16,6 +16,7 @@ use crate::auth::Identity;
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::realtime::Sent;
+use crate::store::escalation::{self as escalation_sql, EmailStatus, FiredStep};
 use crate::store::notifications::{self as sql, Delivery, ListFilter};
 use crate::store::{StoreError, audit};
 
@@ -68,16 +69,7 @@ pub async fn raise(
                 existing.id
             )));
         }
-        let deliveries = sql::deliveries(
-            &mut *state
-                .store
-                .pool()
-                .acquire()
-                .await
-                .map_err(StoreError::from)?,
-            &existing.id,
-        )
-        .await?;
+        let deliveries = sql::deliveries(&mut *state.store.conn().await?, &existing.id).await?;
         return Ok(Raised {
             notification: existing,
             created: false,
@@ -97,6 +89,10 @@ pub async fn raise(
             })),
     )
     .await?;
+    // The escalation plan is written with the notification: the policy in
+    // force now is the one it follows, whatever the config says later.
+    let steps = crate::escalation::plan(&state.config.escalation, notification.ack_deadline);
+    crate::store::escalation::insert_steps(&mut tx, &notification.id, &steps).await?;
     tx.commit().await.map_err(StoreError::from)?;
     state.metrics.raised(notification.severity.as_str());
     tracing::info!(notification = %notification.id, severity = %notification.severity, "raised");
@@ -169,12 +165,7 @@ pub async fn record_deliveries(
 
 /// Open notifications a connecting user must be sent again, oldest first.
 pub async fn pending_for(state: &AppState, who: &Identity) -> Result<Vec<Notification>, Error> {
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(StoreError::from)?;
+    let mut conn = state.store.conn().await?;
     Ok(sql::open_for(&mut conn, &who.user_id, &who.roles).await?)
 }
 
@@ -319,28 +310,29 @@ pub async fn cancel(
     Ok(cancelled)
 }
 
-/// A notification with its deliveries, for the HTTP API.
-pub async fn get(state: &AppState, id: &str) -> Result<(Notification, Vec<Delivery>), Error> {
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(StoreError::from)?;
+/// Everything that happened to one notification, for the HTTP API.
+pub struct Trace {
+    pub notification: Notification,
+    pub deliveries: Vec<Delivery>,
+    pub escalations: Vec<FiredStep>,
+    pub emails: Vec<EmailStatus>,
+}
+
+pub async fn get(state: &AppState, id: &str) -> Result<Trace, Error> {
+    let mut conn = state.store.conn().await?;
     let notification = sql::find(&mut conn, id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("notification {id} not found")))?;
-    let deliveries = sql::deliveries(&mut conn, id).await?;
-    Ok((notification, deliveries))
+    Ok(Trace {
+        deliveries: sql::deliveries(&mut conn, id).await?,
+        escalations: escalation_sql::fired_steps(&mut conn, id).await?,
+        emails: escalation_sql::emails_for(&mut conn, id).await?,
+        notification,
+    })
 }
 
 pub async fn list(state: &AppState, filter: &ListFilter) -> Result<Vec<Notification>, Error> {
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(StoreError::from)?;
+    let mut conn = state.store.conn().await?;
     Ok(sql::list(&mut conn, filter).await?)
 }
 

@@ -103,6 +103,7 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
     };
     let identity = &connection.identity;
     state.metrics.connected_sockets.inc();
+    crate::escalation::service::remember(&state, identity).await;
     register_events(&socket, &state);
     match sessions::on_connect(&state, identity).await {
         Ok(OnConnect::NoSession) => {}

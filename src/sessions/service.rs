@@ -136,12 +136,7 @@ pub async fn touch(state: &AppState, clock: &SessionClock) -> Timestamp {
             .is_ok()
     {
         let written = async {
-            let mut conn = state
-                .store
-                .pool()
-                .acquire()
-                .await
-                .map_err(StoreError::from)?;
+            let mut conn = state.store.conn().await?;
             sql::touch(&mut conn, &clock.session_id, now).await
         }
         .await;
@@ -286,12 +281,7 @@ pub async fn register(
 }
 
 pub async fn get(state: &AppState, id: &str) -> Result<Session, Error> {
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(StoreError::from)?;
+    let mut conn = state.store.conn().await?;
     sql::find(&mut conn, id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("session {id} not found")))

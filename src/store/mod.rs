@@ -10,6 +10,7 @@
 //! values back.
 
 pub mod audit;
+pub mod escalation;
 pub mod notifications;
 pub mod sessions;
 
@@ -77,30 +78,29 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Migrations embedded in the binary, one list per dialect.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "core",
-        include_str!("../../migrations/sqlite/0001_core.sql"),
-    ),
-    (
-        2,
-        "sessions",
-        include_str!("../../migrations/sqlite/0002_sessions.sql"),
-    ),
-];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "core",
-        include_str!("../../migrations/postgres/0001_core.sql"),
-    ),
-    (
-        2,
-        "sessions",
-        include_str!("../../migrations/postgres/0002_sessions.sql"),
-    ),
+/// One migration, embedded in the binary in both dialects.
+struct Embedded {
+    version: i64,
+    description: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+macro_rules! migration {
+    ($version:literal, $name:literal, $file:literal) => {
+        Embedded {
+            version: $version,
+            description: $name,
+            sqlite: include_str!(concat!("../../migrations/sqlite/", $file)),
+            postgres: include_str!(concat!("../../migrations/postgres/", $file)),
+        }
+    };
+}
+
+const MIGRATIONS: &[Embedded] = &[
+    migration!(1, "core", "0001_core.sql"),
+    migration!(2, "sessions", "0002_sessions.sql"),
+    migration!(3, "escalation", "0003_escalation.sql"),
 ];
 
 impl Store {
@@ -148,18 +148,18 @@ impl Store {
 
     /// Applies the embedded migrations that have not run yet.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let list = match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS,
-            Backend::Postgres => POSTGRES_MIGRATIONS,
-        };
-        let migrations = list
+        let migrations = MIGRATIONS
             .iter()
-            .map(|(version, description, sql)| {
+            .map(|m| {
+                let sql = match self.backend {
+                    Backend::Sqlite => m.sqlite,
+                    Backend::Postgres => m.postgres,
+                };
                 Migration::new(
-                    *version,
-                    Cow::Borrowed(*description),
+                    m.version,
+                    Cow::Borrowed(m.description),
                     MigrationType::Simple,
-                    AssertSqlSafe(*sql).into_sql_str(),
+                    AssertSqlSafe(sql).into_sql_str(),
                     false,
                 )
             })
@@ -178,6 +178,11 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         })
+    }
+
+    /// A connection for reads outside a transaction.
+    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<Any>, StoreError> {
+        Ok(self.pool.acquire().await?)
     }
 
     /// Readiness: one round trip.

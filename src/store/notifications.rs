@@ -329,3 +329,17 @@ pub async fn list(
     let rows = query.fetch_all(&mut *conn).await?;
     Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
 }
+
+/// Compare-and-set of an open notification to `escalated`. It takes the
+/// notification's row lock, so an acknowledgement or cancel racing with an
+/// escalation step is ordered against it: whichever commits first wins.
+pub async fn mark_escalated(conn: &mut AnyConnection, id: &str) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE notifications SET state = 'escalated' WHERE id = $1 AND state IN ('pending', 'escalated')",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}

@@ -1,0 +1,168 @@
+//! The scheduler's escalation pass: due steps become outbox emails.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{RECIPIENT, message_id, render};
+use crate::app::AppState;
+use crate::audit::{Action, AuditEvent};
+use crate::auth::Identity;
+use crate::clock::Timestamp;
+use crate::error::Error;
+use crate::notifications::Recipient;
+use crate::store::escalation::{self as sql, DueStep, OutboxEmail};
+use crate::store::notifications as notifications_sql;
+use crate::store::{StoreError, audit};
+
+/// Claims the due steps and, for each notification still open, marks it
+/// `escalated` and queues one email per address — all in one transaction,
+/// so a step and its emails exist together or not at all. Returns how many
+/// steps fired.
+pub async fn scan(state: &AppState) -> Result<usize, Error> {
+    let now = Timestamp::now();
+    let mut tx = state.store.begin().await?;
+    let due = sql::claim_due_steps(&mut tx, now).await?;
+    let mut fired = 0;
+    for step in &due {
+        // The compare-and-set on the notification: an acknowledgement or a
+        // cancel that committed first stops the step.
+        if !notifications_sql::mark_escalated(&mut tx, &step.notification_id).await? {
+            sql::stop_step(&mut tx, step.seq).await?;
+            continue;
+        }
+        let notification = notifications_sql::find(&mut tx, &step.notification_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(step.notification_id.clone()))?;
+        let (addresses, unresolved) = resolve(&mut tx, step, &notification.recipient).await?;
+        sql::set_step_addresses(&mut tx, step.seq, &addresses).await?;
+        let content = render(&notification, step.level, now, &state.config.escalation);
+        let domain = sender_domain(state);
+        for address in &addresses {
+            sql::enqueue(
+                &mut tx,
+                &OutboxEmail {
+                    seq: 0,
+                    step_seq: step.seq,
+                    notification_id: notification.id.clone(),
+                    level: step.level,
+                    address: address.clone(),
+                    message_id: message_id(&notification.id, step.level, address, &domain),
+                    subject: content.subject.clone(),
+                    body: content.body.clone(),
+                    attempts: 0,
+                },
+                now,
+            )
+            .await?;
+        }
+        audit::append(
+            &mut tx,
+            &AuditEvent::new(Action::NotificationEscalated, now)
+                .by_system()
+                .about(&notification)
+                .outcome(if addresses.is_empty() {
+                    "no_address"
+                } else {
+                    "ok"
+                })
+                .detail(json!({
+                    "level": step.level,
+                    "dueAt": step.due_at,
+                    "addresses": addresses,
+                    "unresolved": unresolved,
+                })),
+        )
+        .await?;
+        if let (Some(every), Some(left)) = (step.repeat_every_ms, step.repeats_left)
+            && left > 0
+        {
+            let next = super::PlannedStep {
+                level: step.level + 1,
+                due_at: step.due_at.plus(Duration::from_millis(every.max(1) as u64)),
+                targets: step.targets.clone(),
+                repeat: Some((
+                    Duration::from_millis(every.max(1) as u64),
+                    (left - 1) as u32,
+                )),
+            };
+            sql::insert_steps(&mut tx, &step.notification_id, &[next]).await?;
+        }
+        fired += 1;
+        tracing::info!(notification = %notification.id, level = step.level, emails = addresses.len(), "escalated");
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    if fired > 0 {
+        state.outbox_wake.notify_one();
+    }
+    Ok(fired)
+}
+
+/// Turns a step's targets into addresses: `recipient` becomes the
+/// recipient's known e-mail (every known holder's, for a role). Targets that
+/// resolve to nothing are returned separately, for the audit row.
+async fn resolve(
+    conn: &mut sqlx::AnyConnection,
+    step: &DueStep,
+    recipient: &Recipient,
+) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    let mut addresses: Vec<String> = Vec::new();
+    let mut unresolved = Vec::new();
+    for target in &step.targets {
+        if target == RECIPIENT {
+            let found = match recipient {
+                Recipient::User(user) => sql::emails_of(conn, Some(user), &[]).await?,
+                Recipient::Role(role) => {
+                    sql::emails_of(conn, None, std::slice::from_ref(role)).await?
+                }
+            };
+            if found.is_empty() {
+                unresolved.push(format!("recipient ({})", recipient.room()));
+            }
+            addresses.extend(found);
+        } else {
+            addresses.push(target.clone());
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    addresses.retain(|a| seen.insert(a.to_lowercase()));
+    Ok((addresses, unresolved))
+}
+
+fn sender_domain(state: &AppState) -> String {
+    state
+        .config
+        .smtp
+        .from
+        .as_deref()
+        .and_then(|from| from.rsplit('@').next())
+        .map(|d| d.trim_end_matches('>').to_string())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "readback.invalid".into())
+}
+
+/// Remembers the e-mail, name and roles a verified token carries, so that
+/// `recipient` in an escalation level can be resolved later.
+pub async fn remember(state: &AppState, identity: &Identity) {
+    if identity.email.is_none() && identity.name.is_none() {
+        return;
+    }
+    let result = async {
+        let mut tx = state.store.begin().await?;
+        sql::remember_user(
+            &mut tx,
+            &identity.user_id,
+            identity.email.as_deref(),
+            identity.name.as_deref(),
+            &identity.roles,
+            Timestamp::now(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok::<_, StoreError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(user = %identity.user_id, error = %e, "could not update the user directory");
+    }
+}

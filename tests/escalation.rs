@@ -1,0 +1,329 @@
+//! Escalation by email against a real SMTP server (aiosmtpd). Every story
+//! runs on SQLite and PostgreSQL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Level 1 at the deadline to the recipient and the on-call; level 2 two
+/// seconds later to the chief.
+fn policy(smtp: &SmtpServer) -> String {
+    format!(
+        "{}\n[scheduler]\ntick = \"100ms\"\n\n[escalation]\nlink_template = \"https://pacs.hospital.example/worklist?notification={{id}}\"\n\n\
+         [[escalation.levels]]\nafter = \"0s\"\nto = [\"recipient\", \"oncall@hospital.example\"]\n\n\
+         [[escalation.levels]]\nafter = \"2s\"\nto = [\"chief@hospital.example\"]\n",
+        smtp.config()
+    )
+}
+
+both_databases!(
+    two_levels_send_one_email_per_level_and_address_in_order,
+    acknowledging_before_the_deadline_sends_nothing,
+    acknowledging_between_levels_stops_the_next,
+    cancelling_stops_escalation,
+    an_smtp_outage_delays_but_loses_nothing,
+    a_crash_between_levels_neither_repeats_nor_skips,
+);
+
+/// Raises for alice (whose e-mail the daemon learnt from her token) with a
+/// 1 s deadline and PHI in every field.
+async fn raise_for_alice(daemon: &Daemon, clients: &Clients) -> Value {
+    clients
+        .connect(
+            "alice",
+            &token_with_email("alice", &["radiologist"], "alice@hospital.example"),
+        )
+        .await;
+    clients.close("alice").await;
+    let reply = Http::default()
+        .post(
+            &daemon.api("/notifications"),
+            &service_token(),
+            &json!({
+                "recipient": { "userId": "alice" },
+                "severity": "critical",
+                "title": "Critical Finding Detected",
+                "message": "Left tension pneumothorax",
+                "patientId": "PAT-4711",
+                "studyId": "STUDY-0815",
+                "accessionNumber": "ACC-1234",
+                "ackWithin": 1000,
+            }),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.body
+}
+
+fn to_of(mails: &[Mail]) -> Vec<String> {
+    let mut to: Vec<String> = mails.iter().map(|m| m.to.clone()).collect();
+    to.sort();
+    to
+}
+
+async fn two_levels_send_one_email_per_level_and_address_in_order(db: Db) {
+    let smtp = SmtpServer::start().await;
+    let env = TestEnv::with_config(db, &policy(&smtp)).await;
+    let daemon = env.start().await;
+    let clients = Clients::start(&daemon).await;
+    let raised_at = Instant::now();
+    let raised = raise_for_alice(&daemon, &clients).await;
+    let id = raised["id"].as_str().unwrap();
+
+    let level1 = smtp.wait_for(2).await;
+    let after_level1 = raised_at.elapsed();
+    assert_eq!(
+        to_of(&level1),
+        ["alice@hospital.example", "oncall@hospital.example"]
+    );
+    assert!(
+        after_level1 >= Duration::from_millis(1000),
+        "{after_level1:?}"
+    );
+    let all = smtp.wait_for(3).await;
+    let after_level2 = raised_at.elapsed();
+    assert!(
+        after_level2 >= Duration::from_millis(3000),
+        "{after_level2:?}"
+    );
+    assert!(
+        after_level2 <= Duration::from_millis(4500),
+        "{after_level2:?}"
+    );
+    let chief: Vec<_> = all
+        .iter()
+        .filter(|m| m.to == "chief@hospital.example")
+        .collect();
+    assert_eq!(chief.len(), 1);
+
+    for mail in &all {
+        assert!(mail.subject.contains(id), "{}", mail.subject);
+        assert!(mail.message_id.contains(id), "{}", mail.message_id);
+        for phi in ["PAT-4711", "STUDY-0815", "ACC-1234", "pneumothorax"] {
+            assert!(!mail.raw.contains(phi), "{phi} in {}", mail.raw);
+        }
+        assert!(
+            mail.raw
+                .contains("https://pacs.hospital.example/worklist?notification=")
+        );
+    }
+    // A few more ticks: nothing else is sent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.mails().len(), 3);
+
+    let stored = Http::default()
+        .get(
+            &daemon.api(&format!("/notifications/{id}")),
+            &service_token(),
+        )
+        .await;
+    assert_eq!(stored.body["state"], "escalated");
+    let steps = stored.body["escalations"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{}", stored.body);
+    assert_eq!(steps[0]["level"], 1);
+    assert_eq!(steps[1]["addresses"], json!(["chief@hospital.example"]));
+    let emails = stored.body["emails"].as_array().unwrap();
+    assert!(
+        emails.iter().all(|e| e["state"] == "sent"),
+        "{}",
+        stored.body
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM audit_log WHERE action = 'notification.escalated' AND notification_id = $1", id).await,
+        2
+    );
+    assert_eq!(
+        env.count(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'email.sent' AND notification_id = $1",
+            id
+        )
+        .await,
+        3
+    );
+}
+
+async fn acknowledging_before_the_deadline_sends_nothing(db: Db) {
+    let smtp = SmtpServer::start().await;
+    let env = TestEnv::with_config(db, &policy(&smtp)).await;
+    let daemon = env.start().await;
+    let clients = Clients::start(&daemon).await;
+    let raised = raise_for_alice(&daemon, &clients).await;
+    let id = raised["id"].as_str().unwrap();
+    clients
+        .connect("alice2", &token("alice", &["radiologist"], None))
+        .await;
+    assert_eq!(clients.ack("alice2", id).await["ok"], true);
+
+    // Past the deadline and a few ticks: the step is stopped, not sent.
+    let deadline = Instant::now() + WAIT;
+    while env.count("SELECT COUNT(*) FROM escalation_steps WHERE state = 'stopped' AND notification_id = $1", id).await == 0 {
+        assert!(Instant::now() < deadline, "level 1 was never looked at");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(smtp.mails().is_empty());
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM audit_log WHERE action = 'notification.escalated' AND notification_id = $1", id).await,
+        0
+    );
+}
+
+async fn acknowledging_between_levels_stops_the_next(db: Db) {
+    let smtp = SmtpServer::start().await;
+    let env = TestEnv::with_config(db, &policy(&smtp)).await;
+    let daemon = env.start().await;
+    let clients = Clients::start(&daemon).await;
+    let raised = raise_for_alice(&daemon, &clients).await;
+    let id = raised["id"].as_str().unwrap();
+    smtp.wait_for(2).await;
+    clients
+        .connect("alice2", &token("alice", &["radiologist"], None))
+        .await;
+    assert_eq!(clients.ack("alice2", id).await["ok"], true);
+
+    // Level 2 would be due 2 s after level 1; wait until the scheduler has
+    // stopped it.
+    let deadline = Instant::now() + WAIT;
+    while env.count("SELECT COUNT(*) FROM escalation_steps WHERE state = 'stopped' AND notification_id = $1", id).await == 0 {
+        assert!(Instant::now() < deadline, "level 2 was never looked at");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.mails().len(), 2);
+    let stored = Http::default()
+        .get(
+            &daemon.api(&format!("/notifications/{id}")),
+            &service_token(),
+        )
+        .await;
+    assert_eq!(stored.body["state"], "acknowledged");
+    assert_eq!(stored.body["escalations"].as_array().unwrap().len(), 1);
+}
+
+async fn cancelling_stops_escalation(db: Db) {
+    let smtp = SmtpServer::start().await;
+    let env = TestEnv::with_config(db, &policy(&smtp)).await;
+    let daemon = env.start().await;
+    let clients = Clients::start(&daemon).await;
+    let raised = raise_for_alice(&daemon, &clients).await;
+    let id = raised["id"].as_str().unwrap();
+    let cancelled = Http::default()
+        .post(
+            &daemon.api(&format!("/notifications/{id}/cancel")),
+            &service_token(),
+            &json!({ "reason": "retracted" }),
+        )
+        .await;
+    assert_eq!(cancelled.status, 200);
+    let deadline = Instant::now() + WAIT;
+    while env.count("SELECT COUNT(*) FROM escalation_steps WHERE state = 'stopped' AND notification_id = $1", id).await == 0 {
+        assert!(Instant::now() < deadline, "level 1 was never looked at");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(smtp.mails().is_empty());
+}
+
+async fn an_smtp_outage_delays_but_loses_nothing(db: Db) {
+    let mut smtp = SmtpServer::start().await;
+    let env = TestEnv::with_config(db, &policy(&smtp)).await;
+    let daemon = env.start().await;
+    let clients = Clients::start(&daemon).await;
+    smtp.stop().await;
+    let raised = raise_for_alice(&daemon, &clients).await;
+    let id = raised["id"].as_str().unwrap();
+
+    // Level 1 falls due while the server is down: failures are audited.
+    let deadline = Instant::now() + WAIT;
+    while env.count("SELECT COUNT(*) FROM audit_log WHERE action = 'email.failed' AND outcome = 'retry' AND notification_id = $1", id).await < 4 {
+        assert!(Instant::now() < deadline, "no failed attempts were audited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(smtp.mails().is_empty());
+    smtp.resume().await;
+
+    let mails = smtp.wait_for(3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails_after = smtp.mails();
+    assert_eq!(mails_after.len(), 3, "{mails:#?}");
+    let mut ids: Vec<_> = mails_after.iter().map(|m| m.message_id.clone()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "each email once");
+    assert_eq!(
+        to_of(&mails_after),
+        [
+            "alice@hospital.example",
+            "chief@hospital.example",
+            "oncall@hospital.example"
+        ]
+    );
+    assert_eq!(
+        env.count(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'email.sent' AND notification_id = $1",
+            id
+        )
+        .await,
+        3
+    );
+}
+
+async fn a_crash_between_levels_neither_repeats_nor_skips(db: Db) {
+    let smtp = SmtpServer::start().await;
+    let env = TestEnv::with_config(db, &policy(&smtp)).await;
+    let daemon = env.start().await;
+    let clients = Clients::start(&daemon).await;
+    let raised = raise_for_alice(&daemon, &clients).await;
+    let id = raised["id"].as_str().unwrap().to_string();
+    smtp.wait_for(2).await;
+    // Wait until both level-1 emails are recorded as sent, then crash.
+    let deadline = Instant::now() + WAIT;
+    while env
+        .count(
+            "SELECT COUNT(*) FROM email_outbox WHERE state = 'sent' AND notification_id = $1",
+            &id,
+        )
+        .await
+        < 2
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(clients);
+    daemon.kill9().await;
+
+    let _daemon = env.start().await;
+    let mails = smtp.wait_for(3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.mails().len(), 3, "{mails:#?}");
+    assert_eq!(
+        smtp.mails()
+            .iter()
+            .filter(|m| m.to == "chief@hospital.example")
+            .count(),
+        1
+    );
+}
+
+/// Two daemons on one PostgreSQL: each step and each email once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_send_each_email_once() {
+    let smtp = SmtpServer::start().await;
+    let env = TestEnv::with_config(Db::Postgres, &policy(&smtp)).await;
+    let a = env.start().await;
+    let _b = env.start().await;
+    let clients = Clients::start(&a).await;
+    for _ in 0..3 {
+        raise_for_alice(&a, &clients).await;
+    }
+    smtp.wait_for(9).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 9, "{mails:#?}");
+    let mut ids: Vec<_> = mails.iter().map(|m| m.message_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 9);
+}
