@@ -397,6 +397,27 @@ fn check_config_names_every_bad_key_and_token_mints() {
     let token = String::from_utf8(output.stdout).unwrap();
     assert_eq!(token.trim().split('.').count(), 3);
 
+    // Escalation addresses are checked too.
+    let bad_mail = dir.path().join("bad-mail.toml");
+    std::fs::write(
+        &bad_mail,
+        "[auth]\njwt_secret = \"0123456789abcdef-test\"\n[smtp]\nurl = \"smtp://127.0.0.1:25\"\nfrom = \"not an address\"\n\
+         [[escalation.levels]]\nafter = \"0s\"\nto = [\"recipient\", \"chief-at-hospital\"]\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_readbackd"))
+        .args(["check-config", "--config"])
+        .arg(&bad_mail)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("escalation.levels[0].to: `chief-at-hospital`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("smtp.from"), "{stderr}");
+
     // Environment overrides reach the config.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_readbackd"))
         .args(["check-config", "--config"])
