@@ -494,11 +494,46 @@ impl Config {
                 ));
             }
         }
+        let mut previous = Duration::ZERO;
         for (index, level) in self.escalation.levels.iter().enumerate() {
             if level.to.is_empty() {
                 problems.push(format!(
                     "escalation.levels[{index}].to: must name at least one address"
                 ));
+            }
+            for target in &level.to {
+                if target != "recipient" && target.parse::<lettre::Address>().is_err() {
+                    problems.push(format!(
+                        "escalation.levels[{index}].to: `{target}` is not an e-mail address (or `recipient`)"
+                    ));
+                }
+            }
+            if level.after < previous {
+                problems.push(format!(
+                    "escalation.levels[{index}].after: levels must be in order of `after`"
+                ));
+            }
+            previous = level.after;
+        }
+        if self.escalation.repeat_every.is_some_and(|d| d.is_zero()) {
+            problems.push("escalation.repeat_every: must be greater than zero".into());
+        }
+        if let Some(from) = &self.smtp.from
+            && from.parse::<lettre::message::Mailbox>().is_err()
+        {
+            problems.push(format!("smtp.from: `{from}` is not an e-mail address"));
+        }
+        if let Some(url) = &self.smtp.url {
+            if !["smtp://", "smtps://", "file://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                problems.push(format!(
+                    "smtp.url: `{url}` must start with smtp://, smtps:// or file://"
+                ));
+            }
+            if self.smtp.from.is_none() {
+                problems.push("smtp.from: required when smtp.url is set".into());
             }
         }
         if !["pretty", "json"].contains(&self.logging.format.as_str()) {

@@ -53,8 +53,11 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_by_notification ON deliveries (notification_id, seq);
 
+-- Tamper-evident: each row's hash covers its content and the previous
+-- row's hash; `seq` is the position in that chain, handed out by
+-- audit_chain_head (which also holds the hash of the last row).
 CREATE TABLE audit_log (
-    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq              INTEGER PRIMARY KEY,
     at               INTEGER NOT NULL,
     action           TEXT    NOT NULL,
     actor_id         TEXT,
@@ -65,9 +68,24 @@ CREATE TABLE audit_log (
     patient_id       TEXT,
     study_id         TEXT,
     outcome          TEXT    NOT NULL,
-    detail           TEXT    NOT NULL
+    detail           TEXT    NOT NULL,
+    prev_hash        TEXT    NOT NULL,
+    hash             TEXT    NOT NULL
 );
-CREATE INDEX audit_log_by_at ON audit_log (at);
+
+-- One row: the chain's last position and hash. Appending locks it, which
+-- gives the chain one order even with several daemons on one database.
+CREATE TABLE audit_chain_head (
+    id    INTEGER  PRIMARY KEY CHECK (id = 1),
+    seq   INTEGER  NOT NULL,
+    hash  TEXT    NOT NULL
+);
+INSERT INTO audit_chain_head (id, seq, hash)
+    VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+CREATE INDEX audit_log_by_at ON audit_log (at, seq);
+CREATE INDEX audit_log_by_action ON audit_log (action, seq);
+CREATE INDEX audit_log_by_patient ON audit_log (patient_id, seq);
+CREATE INDEX audit_log_by_study ON audit_log (study_id, seq);
 CREATE INDEX audit_log_by_notification ON audit_log (notification_id, seq);
 CREATE INDEX audit_log_by_user ON audit_log (user_id, seq);
 

@@ -24,6 +24,7 @@ pub async fn scan(state: &AppState) -> Result<usize, Error> {
     let mut tx = state.store.begin().await?;
     let due = sql::claim_due_steps(&mut tx, now).await?;
     let mut fired = 0;
+    let mut events = Vec::new();
     for step in &due {
         // The compare-and-set on the notification: an acknowledgement or a
         // cancel that committed first stops the step.
@@ -56,9 +57,8 @@ pub async fn scan(state: &AppState) -> Result<usize, Error> {
             )
             .await?;
         }
-        audit::append(
-            &mut tx,
-            &AuditEvent::new(Action::NotificationEscalated, now)
+        events.push(
+            AuditEvent::new(Action::NotificationEscalated, now)
                 .by_system()
                 .about(&notification)
                 .outcome(if addresses.is_empty() {
@@ -72,8 +72,7 @@ pub async fn scan(state: &AppState) -> Result<usize, Error> {
                     "addresses": addresses,
                     "unresolved": unresolved,
                 })),
-        )
-        .await?;
+        );
         if let (Some(every), Some(left)) = (step.repeat_every_ms, step.repeats_left)
             && left > 0
         {
@@ -91,6 +90,7 @@ pub async fn scan(state: &AppState) -> Result<usize, Error> {
         fired += 1;
         tracing::info!(notification = %notification.id, level = step.level, emails = addresses.len(), "escalated");
     }
+    audit::append_all(&mut tx, events).await?;
     tx.commit().await.map_err(StoreError::from)?;
     if fired > 0 {
         state.outbox_wake.notify_one();

@@ -6,6 +6,7 @@
 //! Never: hold business rules or SQL.
 
 mod admin;
+mod audit;
 pub mod error;
 mod extract;
 mod health;
@@ -31,6 +32,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/notifications/{id}", get(notifications::get))
         .route("/notifications/{id}/cancel", post(notifications::cancel))
+        .route("/notifications/{id}/timeline", get(audit::timeline))
+        .route("/audit", get(audit::list))
+        .route("/reports/acknowledgements", get(audit::acknowledgements))
         .route("/broadcast", post(admin::broadcast))
         .route("/connections", get(admin::connections))
         .route("/users/{user_id}/status", get(admin::user_status))

@@ -76,6 +76,10 @@ pub async fn raise(
             deliveries,
         });
     };
+    // The escalation plan is written with the notification: the policy in
+    // force now is the one it follows, whatever the config says later.
+    let steps = crate::escalation::plan(&state.config.escalation, notification.ack_deadline);
+    crate::store::escalation::insert_steps(&mut tx, &notification.id, &steps).await?;
     audit::append(
         &mut tx,
         &AuditEvent::new(Action::NotificationRaised, now)
@@ -86,13 +90,10 @@ pub async fn raise(
                 "recipient": notification.recipient,
                 "ackDeadline": notification.ack_deadline,
                 "idempotencyKey": new.idempotency_key,
+                "escalationLevels": steps.len(),
             })),
     )
     .await?;
-    // The escalation plan is written with the notification: the policy in
-    // force now is the one it follows, whatever the config says later.
-    let steps = crate::escalation::plan(&state.config.escalation, notification.ack_deadline);
-    crate::store::escalation::insert_steps(&mut tx, &notification.id, &steps).await?;
     tx.commit().await.map_err(StoreError::from)?;
     state.metrics.raised(notification.severity.as_str());
     tracing::info!(notification = %notification.id, severity = %notification.severity, "raised");
@@ -134,6 +135,7 @@ pub async fn record_deliveries(
         Action::NotificationDelivered
     };
     let mut deliveries = Vec::with_capacity(reached.len());
+    let mut events = Vec::with_capacity(reached.len());
     let mut tx = state.store.begin().await?;
     for (notification, socket) in reached {
         let delivery = Delivery {
@@ -144,18 +146,17 @@ pub async fn record_deliveries(
             replayed,
         };
         sql::insert_delivery(&mut tx, &delivery).await?;
-        audit::append(
-            &mut tx,
-            &AuditEvent::new(action, now)
+        events.push(
+            AuditEvent::new(action, now)
                 .by_system()
                 .user(socket.user_id.clone())
                 .about(notification)
                 .session(socket.session_id.as_deref())
                 .detail(json!({ "socketId": socket.socket_id })),
-        )
-        .await?;
+        );
         deliveries.push(delivery);
     }
+    audit::append_all(&mut tx, events).await?;
     tx.commit().await.map_err(StoreError::from)?;
     for _ in &deliveries {
         state.metrics.delivered(replayed);

@@ -336,29 +336,27 @@ pub async fn scan(state: &AppState) -> Result<(usize, usize), Error> {
 
     let mut tx = state.store.begin().await?;
     let expired = sql::claim_expired(&mut tx, due, now).await?;
+    let warned = sql::claim_warnings(&mut tx, due).await?;
+    let mut events = Vec::with_capacity(expired.len() + warned.len());
     for session in &expired {
-        audit::append(
-            &mut tx,
-            &AuditEvent::new(Action::SessionExpired, now)
+        events.push(
+            AuditEvent::new(Action::SessionExpired, now)
                 .by_system()
                 .user(session.user_id.clone())
                 .session(Some(&session.id))
                 .detail(json!({ "reason": session.reason, "expiresAt": session.expires_at })),
-        )
-        .await?;
+        );
     }
-    let warned = sql::claim_warnings(&mut tx, due).await?;
     for session in &warned {
-        audit::append(
-            &mut tx,
-            &AuditEvent::new(Action::SessionWarned, now)
+        events.push(
+            AuditEvent::new(Action::SessionWarned, now)
                 .by_system()
                 .user(session.user_id.clone())
                 .session(Some(&session.id))
                 .detail(json!({ "expiresAt": session.expires_at })),
-        )
-        .await?;
+        );
     }
+    audit::append_all(&mut tx, events).await?;
     tx.commit().await.map_err(StoreError::from)?;
 
     for session in &expired {

@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod escalation;
 pub mod notifications;
+pub mod reports;
 pub mod sessions;
 
 use std::borrow::Cow;
