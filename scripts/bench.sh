@@ -3,6 +3,7 @@
 # their figures into docs/:
 #   docs/bench-scheduler.md  one scheduler tick with 100,000 idle sessions
 #   docs/bench-latency.md    raise -> viewer receipt latency, release build
+#   docs/bench-audit.md      audit verify on 1M rows, the report on 100k notifications
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/postgres.sh
@@ -10,6 +11,7 @@ pg_start
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 
 cargo bench --locked --bench scheduler_tick
+cargo bench --locked --bench audit
 
 cargo build --release --locked
 bin=target/release/readbackd
