@@ -107,20 +107,21 @@ async fn fill_audit(store: &Store) {
         let mut values = Vec::new();
         for _ in 0..500 {
             seq += 1;
-            let row = AuditEvent::new(
+            let mut event = AuditEvent::new(
                 Action::NotificationDelivered,
                 Timestamp::from_millis(start + seq),
             )
             .by_system()
             .user(format!("user-{}", seq % 500))
-            .detail(serde_json::json!({ "socketId": format!("sock-{seq}") }))
-            .into_row(seq, &prev);
+            .detail(serde_json::json!({ "socketId": format!("sock-{seq}") }));
+            event.notification_id = Some(format!("ntf-{}", seq % NOTIFICATIONS));
+            let row = event.into_row(seq, &prev);
             values.push(format!(
-                "({}, {}, '{}', 'readbackd', 'system', 'ntf-{}', NULL, '{}', NULL, NULL, '{}', '{}', '{}', '{}')",
+                "({}, {}, '{}', 'readbackd', 'system', '{}', NULL, '{}', NULL, NULL, '{}', '{}', '{}', '{}')",
                 row.seq,
                 row.at.as_millis(),
                 row.action,
-                seq % NOTIFICATIONS,
+                row.notification_id.as_deref().unwrap(),
                 row.user_id.as_deref().unwrap(),
                 row.outcome,
                 row.detail.replace('\'', "''"),
