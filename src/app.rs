@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use socketioxide::SocketIo;
 use socketioxide_postgres::{PostgresAdapterConfig, PostgresAdapterCtr, SqlxAdapter};
 use sqlx::postgres::PgPoolOptions;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Verifier;
@@ -35,6 +35,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wakes the outbox sender when the escalation pass queued emails.
     pub outbox_wake: Arc<tokio::sync::Notify>,
+    /// When the scheduler last started a tick (ms): the watchdog's proof of life.
+    pub scheduler_heartbeat: Arc<std::sync::atomic::AtomicI64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +57,7 @@ pub enum StartError {
 }
 
 pub struct Application {
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     router: axum::Router,
     state: AppState,
     mailer: Option<Mailer>,
@@ -71,6 +73,9 @@ impl Application {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let outbox_wake = Arc::new(tokio::sync::Notify::new());
+        let scheduler_heartbeat = Arc::new(std::sync::atomic::AtomicI64::new(
+            crate::clock::Timestamp::now().as_millis(),
+        ));
         let mailer = Mailer::from_config(&config.smtp).map_err(StartError::Smtp)?;
         let sockets = SocketIo::builder().max_payload(config.server.max_socket_message_bytes);
         let state_for = |hub: Hub| AppState {
@@ -80,6 +85,7 @@ impl Application {
             hub,
             metrics: metrics.clone(),
             outbox_wake: outbox_wake.clone(),
+            scheduler_heartbeat: scheduler_heartbeat.clone(),
         };
         let (router, state) = match store.backend() {
             // One daemon per SQLite file: sockets live in this process.
@@ -118,8 +124,8 @@ impl Application {
         };
         let router = router.layer(crate::http::cors(&state.config.server.cors_origins));
         let listen = state.config.server.listen.clone();
-        let listener = TcpListener::bind(&listen)
-            .await
+        let listener = std::net::TcpListener::bind(&listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|source| StartError::Bind {
                 addr: listen,
                 source,
@@ -146,28 +152,66 @@ impl Application {
     /// disconnects the sockets, lets in-flight requests finish and closes
     /// the database pool (committed data is already durable).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let scheduler = crate::scheduler::spawn(self.state.clone(), shutdown.clone());
-        let sender =
-            crate::escalation::mailer::spawn(self.state.clone(), self.mailer, shutdown.clone());
-        let hub = self.state.hub.clone();
-        let drain = async move {
-            shutdown.cancelled().await;
-            hub.close().await;
+        let state = self.state;
+        let scheduler = crate::scheduler::spawn(state.clone(), shutdown.clone());
+        let sender = crate::escalation::mailer::spawn(state.clone(), self.mailer, shutdown.clone());
+        let supervisor = crate::supervisor::spawn(state.clone(), shutdown.clone());
+
+        let handle = axum_server::Handle::new();
+        let drain = {
+            let (state, handle) = (state.clone(), handle.clone());
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                drain(&state, &handle).await;
+            })
         };
         // Small frames (a notification, an ack) go out at once instead of
         // waiting for the peer's delayed ACK (Nagle).
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        let server = axum_server::from_tcp(self.listener)?.handle(handle);
+        let service = self.router.into_make_service();
+        match &state.config.server.tls {
+            None => {
+                server
+                    .acceptor(NoDelayAcceptor::new())
+                    .serve(service)
+                    .await?
             }
-        });
-        axum::serve(listener, self.router)
-            .with_graceful_shutdown(drain)
-            .await?;
-        // A tick in progress finishes its transaction before the pool closes.
+            Some(tls) => {
+                let rustls = RustlsConfig::from_pem_file(&tls.cert, &tls.key).await?;
+                crate::shutdown::reload_on_sighup(rustls.clone(), tls.clone(), shutdown.clone());
+                let acceptor = RustlsAcceptor::new(rustls).acceptor(NoDelayAcceptor::new());
+                server.acceptor(acceptor).serve(service).await?
+            }
+        }
+        // Work already started finishes: the scheduler's and the sender's
+        // current pass commit before the pool closes.
+        let _ = drain.await;
         let _ = scheduler.await;
         let _ = sender.await;
-        self.state.store.close().await;
+        let _ = supervisor.await;
+        state.store.close().await;
         Ok(())
     }
+}
+
+/// Stops accepting, tells connected viewers (so they reconnect elsewhere),
+/// disconnects them and lets in-flight requests finish within
+/// `server.shutdown_timeout`.
+async fn drain(state: &AppState, handle: &axum_server::Handle<SocketAddr>) {
+    tracing::info!("draining");
+    state
+        .hub
+        .emit_all(
+            "system_alert",
+            serde_json::json!({
+                "message": "readbackd is shutting down; reconnect to continue",
+                "level": "info",
+                "reason": "shutdown",
+                "timestamp": crate::clock::Timestamp::now(),
+            }),
+        )
+        .await;
+    handle.graceful_shutdown(Some(state.config.server.shutdown_timeout));
+    state.hub.close().await;
 }

@@ -55,6 +55,24 @@ pub struct ServerConfig {
     /// Largest Socket.IO message accepted, in bytes.
     #[serde(default = "default_max_socket_message_bytes")]
     pub max_socket_message_bytes: u64,
+    /// HTTPS and WSS with these PEM files; reloaded on SIGHUP.
+    pub tls: Option<TlsConfig>,
+    /// How long a drain (SIGTERM) may take before connections are cut.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for ServerConfig {
@@ -64,6 +82,8 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             max_body_bytes: default_max_body_bytes(),
             max_socket_message_bytes: default_max_socket_message_bytes(),
+            tls: None,
+            shutdown_timeout: default_shutdown_timeout(),
         }
     }
 }
@@ -330,6 +350,22 @@ pub struct LoggingConfig {
     /// A tracing filter, e.g. `info` or `readback=debug,info`; `RUST_LOG` wins.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// Also write logs to files here (`readback.log.<date>`); unset: stderr
+    /// only (journald under systemd).
+    pub dir: Option<PathBuf>,
+    /// `daily`, `hourly`, `minutely` or `never`.
+    #[serde(default = "default_log_rotation")]
+    pub rotation: String,
+    /// How many log files to keep.
+    #[serde(default = "default_log_retention")]
+    pub retention: usize,
+}
+
+fn default_log_rotation() -> String {
+    "daily".into()
+}
+fn default_log_retention() -> usize {
+    14
 }
 
 impl Default for LoggingConfig {
@@ -337,6 +373,9 @@ impl Default for LoggingConfig {
         Self {
             format: default_log_format(),
             level: default_log_level(),
+            dir: None,
+            rotation: default_log_rotation(),
+            retention: default_log_retention(),
         }
     }
 }
@@ -535,6 +574,22 @@ impl Config {
             if self.smtp.from.is_none() {
                 problems.push("smtp.from: required when smtp.url is set".into());
             }
+        }
+        if let Some(tls) = &self.server.tls {
+            for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+                if let Err(e) = std::fs::File::open(path) {
+                    problems.push(format!("{key}: cannot read {}: {e}", path.display()));
+                }
+            }
+        }
+        if !["daily", "hourly", "minutely", "never"].contains(&self.logging.rotation.as_str()) {
+            problems.push(format!(
+                "logging.rotation: `{}` is not one of daily, hourly, minutely, never",
+                self.logging.rotation
+            ));
+        }
+        if self.logging.retention == 0 {
+            problems.push("logging.retention: must be at least 1".into());
         }
         if !["pretty", "json"].contains(&self.logging.format.as_str()) {
             problems.push(format!(

@@ -23,6 +23,7 @@ pub mod scheduler;
 pub mod sessions;
 pub mod shutdown;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 
 pub use app::{AppState, Application};

@@ -38,7 +38,13 @@ enum Command {
     /// Apply pending database migrations and exit.
     Migrate(ConfigArg),
     /// Validate the configuration and exit 0 (valid) or 1 (every problem listed).
-    CheckConfig(ConfigArg),
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also connect to the database (and say so if it cannot be reached).
+        #[arg(long)]
+        connect: bool,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -100,6 +106,8 @@ fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // One TLS implementation for HTTPS, PostgreSQL and SMTP: rustls on ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,8 +117,22 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), ExitCode> {
     match cli.command {
-        Command::CheckConfig(arg) => {
-            load(&arg)?;
+        Command::CheckConfig {
+            config: arg,
+            connect,
+        } => {
+            let config = load(&arg)?;
+            if connect {
+                runtime().block_on(async {
+                    let store = Store::connect(&config.database).await.map_err(fail)?;
+                    let reached = store.ping().await;
+                    store.close().await;
+                    reached.map_err(|e| {
+                        eprintln!("readbackd: {}: database.url: {e}", arg.config.display());
+                        ExitCode::from(1)
+                    })
+                })?;
+            }
             println!("{}: configuration is valid", arg.config.display());
             Ok(())
         }
@@ -144,7 +166,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
         }
         Command::Migrate(arg) => {
             let config = load(&arg)?;
-            readback::telemetry::init(&config.logging);
+            let _logs = readback::telemetry::init(&config.logging).map_err(fail)?;
             runtime().block_on(async {
                 let store = Store::connect(&config.database).await.map_err(fail)?;
                 store.migrate().await.map_err(fail)?;
@@ -225,7 +247,8 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
         }
         Command::Serve(arg) => {
             let config = load(&arg)?;
-            readback::telemetry::init(&config.logging);
+            // Flushes the log files when serving ends.
+            let _logs = readback::telemetry::init(&config.logging).map_err(fail)?;
             runtime().block_on(serve(config))
         }
     }

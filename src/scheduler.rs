@@ -36,6 +36,10 @@ pub fn spawn(state: AppState, shutdown: CancellationToken) -> JoinHandle<()> {
 /// next tick tries again: nothing is lost, only delayed.
 pub async fn run_once(state: &AppState) {
     let started = std::time::Instant::now();
+    state.scheduler_heartbeat.store(
+        crate::clock::Timestamp::now().as_millis(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     match sessions::service::scan(state).await {
         Ok((0, 0)) => {}
         Ok((expired, warned)) => tracing::debug!(expired, warned, "sessions scanned"),

@@ -1,7 +1,8 @@
-//! Shutdown: one signal every task listens to.
+//! Signals: SIGTERM/SIGINT drain, SIGHUP reloads the TLS certificate.
 //!
-//! Owns: turning SIGTERM/SIGINT into a cancelled token. Tasks take a clone
-//! and stop taking new work when it fires; `main` then waits for them.
+//! Owns: turning SIGTERM/SIGINT into a cancelled token (tasks take a clone
+//! and stop taking new work when it fires; `main` then waits for them) and
+//! SIGHUP into a reload of the certificate files.
 //! Never: exit the process itself — draining is the caller's job.
 
 use tokio_util::sync::CancellationToken;
@@ -24,5 +25,33 @@ pub fn cancel_on_signal(token: CancellationToken) {
         let _ = ctrl_c.await;
         tracing::info!("shutdown requested");
         token.cancel();
+    });
+}
+
+/// On every SIGHUP, reloads the certificate and key files into `rustls`:
+/// new handshakes get the new certificate, open connections keep theirs.
+pub fn reload_on_sighup(
+    rustls: axum_server::tls_rustls::RustlsConfig,
+    files: crate::config::TlsConfig,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; certificate reload disabled");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = hangup.recv() => {}
+            }
+            match rustls.reload_from_pem_file(&files.cert, &files.key).await {
+                Ok(()) => tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificate reload failed; keeping the previous one")
+                }
+            }
+        }
     });
 }

@@ -1,0 +1,56 @@
+//! systemd integration: readiness, status, watchdog, stopping.
+//!
+//! Owns: the `sd_notify` messages after start-up — `WATCHDOG=1` every half
+//! `WatchdogSec` while the runtime and the scheduler are alive (a wedged
+//! runtime or a stuck scheduler stops the pings and systemd restarts the
+//! daemon), and `STATUS=` lines operators see in `systemctl status`.
+//! `READY=1` and `STOPPING=1` are sent by `main` around serving.
+//! Never: do any work of its own beyond reporting.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::clock::Timestamp;
+
+pub fn spawn(state: AppState, shutdown: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return;
+        }
+        let watchdog = sd_notify::watchdog_enabled();
+        let every = watchdog
+            .map(|limit| limit / 2)
+            .unwrap_or(Duration::from_secs(10))
+            .max(Duration::from_millis(10));
+        // The scheduler must have ticked within this long to count as alive.
+        let stale_after = (state.config.scheduler.tick * 3 + Duration::from_secs(5))
+            .max(watchdog.unwrap_or_default());
+        let mut interval = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let last_tick = state.scheduler_heartbeat.load(Ordering::Relaxed);
+            let alive = Timestamp::now().as_millis() - last_tick
+                <= i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
+            let status = format!(
+                "serving; {} sockets connected",
+                state.metrics.connected_sockets.get()
+            );
+            let mut messages = vec![NotifyState::Status(&status)];
+            if watchdog.is_some() && alive {
+                messages.push(NotifyState::Watchdog);
+            }
+            if !alive {
+                tracing::error!("scheduler has not ticked recently; withholding the watchdog ping");
+            }
+            let _ = sd_notify::notify(&messages);
+        }
+    })
+}
