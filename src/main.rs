@@ -272,9 +272,14 @@ async fn serve(config: Config) -> Result<(), ExitCode> {
     let shutdown = CancellationToken::new();
     readback::shutdown::cancel_on_signal(shutdown.clone());
     let addr = app.local_addr();
+    let scheme = if app.state().config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     // The ready line: scripts and tests wait for it to learn the port.
     let mut stdout = std::io::stdout();
-    let _ = writeln!(stdout, "readbackd listening on http://{addr}");
+    let _ = writeln!(stdout, "readbackd listening on {scheme}://{addr}");
     let _ = stdout.flush();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(%addr, "listening");

@@ -92,6 +92,10 @@ impl TestEnv {
         Daemon::start(&self.write_config()).await
     }
 
+    pub async fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with_env(&self.write_config(), env).await
+    }
+
     /// A direct connection to the test database, for assertions on what
     /// was stored.
     pub async fn sql(&self) -> sqlx::AnyConnection {
@@ -142,10 +146,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start(config: &Path) -> Self {
+        Self::start_with_env(config, &[]).await
+    }
+
+    /// Starts with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub async fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_readbackd"))
             .arg("serve")
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -189,6 +199,16 @@ impl Daemon {
             .await
             .expect("readbackd did not stop in time")
             .expect("wait")
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, ...) without waiting.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
     }
 
     pub fn api(&self, path: &str) -> String {
@@ -466,6 +486,23 @@ impl Clients {
             })
             .await;
         message["args"][0].clone()
+    }
+
+    /// The SHA-256 fingerprint (Node's `AA:BB:...` form) of the certificate
+    /// a new TLS handshake with the daemon sees.
+    pub async fn peer_certificate(&self, port: u16, ca_pem: &str) -> String {
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        self.command(json!({ "op": "peer_cert", "host": "127.0.0.1", "port": port, "ca": ca_pem, "req": request }))
+            .await;
+        let answer = self
+            .wait_for("a TLS handshake", |m| {
+                m["type"] == "peer_cert" && m["req"] == request
+            })
+            .await;
+        answer["fingerprint"]
+            .as_str()
+            .unwrap_or_else(|| panic!("handshake failed: {answer}"))
+            .to_string()
     }
 
     /// Round-trips an `activity` event: everything the server sent to this

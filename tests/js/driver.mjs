@@ -8,6 +8,7 @@
 // Every disconnect:                           {type:"disconnect", name, reason}
 import { io } from "socket.io-client";
 import { createInterface } from "node:readline";
+import tls from "node:tls";
 
 const sockets = new Map();
 const out = (msg) => process.stdout.write(JSON.stringify(msg) + "\n");
@@ -44,6 +45,14 @@ lines.on("line", (line) => {
   const cmd = JSON.parse(line);
   if (cmd.op === "connect") connect(cmd);
   else if (cmd.op === "emit") emit(cmd);
+  else if (cmd.op === "peer_cert") {
+    // The certificate a new TLS handshake sees.
+    const conn = tls.connect({ host: cmd.host, port: cmd.port, ca: cmd.ca, servername: "localhost" }, () => {
+      out({ type: "peer_cert", req: cmd.req, fingerprint: conn.getPeerCertificate().fingerprint256 });
+      conn.end();
+    });
+    conn.on("error", (err) => out({ type: "peer_cert", req: cmd.req, error: err.message }));
+  }
   else if (cmd.op === "close") {
     sockets.get(cmd.name)?.close();
     sockets.delete(cmd.name);

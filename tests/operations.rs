@@ -1,0 +1,315 @@
+//! The daemon as hospital IT runs it: systemd readiness and watchdog, the
+//! unit's hardening, draining on SIGTERM, TLS with certificate reload, and
+//! log files.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+both_databases!(sigterm_during_a_burst_loses_nothing_answered);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_follows_the_listener_and_the_watchdog_is_fed() {
+    let env = TestEnv::with_config(Db::Sqlite, "[scheduler]\ntick = \"100ms\"\n").await;
+    let socket_path = env.dir.path().join("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let daemon = env
+        .start_with_env(&[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ])
+        .await;
+    let mut buffer = vec![0u8; 4096];
+    let mut receive = async || -> String {
+        let n = tokio::time::timeout(WAIT, notify.recv(&mut buffer))
+            .await
+            .expect("a notification from readbackd")
+            .unwrap();
+        String::from_utf8_lossy(&buffer[..n]).to_string()
+    };
+    let first = receive().await;
+    assert!(first.contains("READY=1"), "{first}");
+    // At READY the port accepts connections.
+    let addr = daemon.url.trim_start_matches("http://").to_string();
+    tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("port open at READY");
+
+    // Watchdog pings every WATCHDOG_USEC / 2 = 200 ms, with a status line.
+    let started = Instant::now();
+    let mut pings = 0;
+    let mut status = String::new();
+    while started.elapsed() < Duration::from_millis(2000) {
+        let message = receive().await;
+        if message.contains("WATCHDOG=1") {
+            pings += 1;
+        }
+        if let Some(line) = message.lines().find(|l| l.starts_with("STATUS=")) {
+            status = line.to_string();
+        }
+    }
+    assert!((6..=14).contains(&pings), "{pings} pings in 2 s");
+    assert!(status.contains("serving"), "{status}");
+
+    let exit = daemon.terminate().await;
+    assert!(exit.success());
+    let mut stopping = false;
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), notify.recv(&mut buffer)).await
+    {
+        stopping |= String::from_utf8_lossy(&buffer[..n]).contains("STOPPING=1");
+    }
+    assert!(stopping, "STOPPING=1 on shutdown");
+}
+
+async fn sigterm_during_a_burst_loses_nothing_answered(db: Db) {
+    let env = TestEnv::new(db).await;
+    let daemon = env.start().await;
+    let clients = Clients::start(&daemon).await;
+    clients
+        .connect("viewer", &token("alice", &["radiologist"], None))
+        .await;
+
+    let answered = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..6 {
+        let (answered, count, url) = (
+            answered.clone(),
+            count.clone(),
+            daemon.api("/notifications"),
+        );
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for i in 0..200 {
+                let id = format!("burst-{worker}-{i}");
+                let sent = client
+                    .post(&url)
+                    .bearer_auth(service_token())
+                    .json(&json!({ "id": id, "recipient": { "userId": "alice" }, "severity": "critical", "title": "burst" }))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == 201 => {
+                        answered.lock().unwrap().push(id);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Refused or cut off by the drain: not answered 201.
+                    _ => break,
+                }
+            }
+        }));
+    }
+    while count.load(Ordering::Relaxed) < 60 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let exit = daemon.terminate().await;
+    assert!(exit.success(), "{exit:?}");
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let alert = clients.next_event("viewer", "system_alert").await;
+    assert_eq!(alert["reason"], "shutdown");
+    assert_eq!(alert["level"], "info");
+    clients.wait_disconnect("viewer").await;
+
+    let answered = answered.lock().unwrap().clone();
+    assert!(answered.len() >= 60);
+    let daemon = env.start().await;
+    let http = Http::default();
+    for id in &answered {
+        let stored = http
+            .get(
+                &daemon.api(&format!("/notifications/{id}")),
+                &service_token(),
+            )
+            .await;
+        assert_eq!(stored.status, 200, "{id} was answered 201 but is gone");
+    }
+    // Each answered raise has its audit row.
+    assert!(
+        env.count(
+            "SELECT COUNT(*) FROM audit_log WHERE action = $1",
+            "notification.raised"
+        )
+        .await
+            >= answered.len() as i64
+    );
+}
+
+struct Pki {
+    ca_pem: String,
+    dir: std::path::PathBuf,
+}
+
+/// A test CA and a server certificate for localhost/127.0.0.1 signed by
+/// it, written as cert.pem/key.pem; returns the certificate's fingerprint.
+fn issue(pki: &Pki, ca: &rcgen::Issuer<'_, rcgen::KeyPair>, name: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params.signed_by(&key, ca).unwrap();
+    std::fs::write(pki.dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(pki.dir.join("key.pem"), key.serialize_pem()).unwrap();
+    Sha256::digest(cert.der())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_wss_and_sighup_swaps_the_certificate() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "readback test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let pki = Pki {
+        ca_pem: ca.pem(),
+        dir: dir.clone(),
+    };
+    let first = issue(&pki, &ca, "first");
+    let env = TestEnv::with_config(
+        Db::Sqlite,
+        &format!(
+            "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            dir.join("cert.pem").display(),
+            dir.join("key.pem").display()
+        ),
+    )
+    .await;
+    let daemon = env.start().await;
+    assert!(daemon.url.starts_with("https://"), "{}", daemon.url);
+    let port: u16 = daemon.url.rsplit(':').next().unwrap().parse().unwrap();
+
+    let clients = Clients::start(&daemon).await;
+    let connected = clients
+        .connect_with(
+            "secure",
+            json!({ "auth": { "token": token("alice", &[], None) }, "ca": pki.ca_pem }),
+        )
+        .await;
+    assert!(connected.is_ok(), "{connected:?}");
+    assert_eq!(
+        clients.next_event("secure", "connected").await["userId"],
+        "alice"
+    );
+    assert_eq!(clients.peer_certificate(port, &pki.ca_pem).await, first);
+
+    let second = issue(&pki, &ca, "second");
+    assert_ne!(first, second);
+    daemon.signal("HUP");
+    let deadline = Instant::now() + WAIT;
+    while clients.peer_certificate(port, &pki.ca_pem).await != second {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The socket from before the reload is still up.
+    clients.barrier("secure").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_go_to_dated_files_and_old_ones_are_pruned() {
+    let logs = tempfile::tempdir().unwrap().keep();
+    for day in 1..=4 {
+        std::fs::write(logs.join(format!("readback.2026-10-0{day}.log")), "old\n").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(logs.join("unrelated.txt"), "keep me\n").unwrap();
+    // The harness's config already has a [logging] table: write our own.
+    let env = TestEnv::new(Db::Sqlite).await;
+    let daemon = Daemon::start(&write_config_with_logging(&env, &logs)).await;
+    Http::default()
+        .raise(&daemon, json!({ "userId": "alice" }), "logged")
+        .await;
+    assert!(daemon.terminate().await.success());
+
+    let names: HashSet<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    let today =
+        humantime::format_rfc3339(std::time::SystemTime::now()).to_string()[..10].to_string();
+    let current = format!("readback.{today}.log");
+    assert!(names.contains(&current), "{names:?}");
+    assert!(names.contains("unrelated.txt"));
+    let dated: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("readback."))
+        .collect();
+    assert_eq!(dated.len(), 2, "retention 2: {names:?}");
+    let text = std::fs::read_to_string(logs.join(&current)).unwrap();
+    assert!(text.contains("listening"), "{text}");
+}
+
+fn write_config_with_logging(env: &TestEnv, logs: &std::path::Path) -> std::path::PathBuf {
+    let path = env.dir.path().join("logging.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\njwt_secret = \"{SECRET}\"\n[database]\nurl = \"{}\"\n\
+             [logging]\nlevel = \"info\"\ndir = \"{}\"\nretention = 2\n",
+            env.database_url,
+            logs.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn the_systemd_unit_is_valid_and_hardened() {
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/readbackd.service");
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (scripts/test.sh installs systemd)");
+    let report = String::from_utf8_lossy(&security.stdout);
+    let exposure: f64 = report
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for readbackd.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure score in:\n{report}"));
+    assert!(exposure <= 1.5, "exposure {exposure} > 1.5:\n{report}");
+
+    // `verify` needs the binary the unit starts: point it at the one built.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("readbackd.service");
+    let text = std::fs::read_to_string(&unit)
+        .unwrap()
+        .replace("/usr/bin/readbackd", env!("CARGO_BIN_EXE_readbackd"));
+    std::fs::write(&copy, text).unwrap();
+    let verified = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let complaints = String::from_utf8_lossy(&verified.stderr);
+    assert!(
+        verified.status.success() && complaints.trim().is_empty(),
+        "{complaints}"
+    );
+}
