@@ -12,6 +12,8 @@ log() { printf '\n== %s\n' "$*"; }
 
 log "prerequisites"
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+# systemd-analyze checks the unit's hardening score.
+command -v systemd-analyze >/dev/null || apt_install systemd
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 # The SMTP server the escalation tests send to.
 python3 -c 'import aiosmtpd' 2>/dev/null ||
@@ -28,6 +30,21 @@ cargo fmt --all -- --check
 
 log "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+
+if [ $# -eq 0 ]; then
+  log "Debian package"
+  command -v cargo-deb >/dev/null || cargo install --locked cargo-deb@3.8.0
+  # The dev profile is enough to check what the package holds.
+  cargo deb --locked --profile dev --no-strip --output target/debian/readback-test.deb >/dev/null
+  contents=$(dpkg-deb -c target/debian/readback-test.deb)
+  for path in ./usr/bin/readbackd ./etc/readback/readback.toml ./usr/lib/systemd/system/readbackd.service \
+              ./usr/share/doc/readback/operations.md; do
+    grep -q " $path\$" <<<"$contents" || { echo "missing from the package: $path"; exit 1; }
+  done
+  dpkg-deb -I target/debian/readback-test.deb postinst | grep -q 'adduser --system' ||
+    { echo "postinst does not create the readback user"; exit 1; }
+  echo "package contents ok"
+fi
 
 log "tests"
 cargo nextest run --locked --no-fail-fast "$@"
