@@ -26,6 +26,7 @@ both_databases!(
     cancelling_stops_escalation,
     an_smtp_outage_delays_but_loses_nothing,
     a_crash_between_levels_neither_repeats_nor_skips,
+    a_permanent_refusal_is_recorded_and_not_retried,
 );
 
 /// Raises for alice (whose e-mail the daemon learnt from her token) with a
@@ -326,4 +327,59 @@ async fn two_daemons_send_each_email_once() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 9);
+}
+
+async fn a_permanent_refusal_is_recorded_and_not_retried(db: Db) {
+    let smtp = SmtpServer::start().await;
+    let config = format!(
+        "{}\n[scheduler]\ntick = \"100ms\"\n\n[[escalation.levels]]\nafter = \"0s\"\n\
+         to = [\"reject-me@hospital.example\", \"oncall@hospital.example\"]\n",
+        smtp.config()
+    );
+    let env = TestEnv::with_config(db, &config).await;
+    let daemon = env.start().await;
+    let clients = Clients::start(&daemon).await;
+    let raised = raise_for_alice(&daemon, &clients).await;
+    let id = raised["id"].as_str().unwrap();
+    let mails = smtp.wait_for(1).await;
+    assert_eq!(mails[0].to, "oncall@hospital.example");
+    let deadline = Instant::now() + WAIT;
+    while env
+        .count(
+            "SELECT COUNT(*) FROM email_outbox WHERE state = 'failed' AND notification_id = $1",
+            id,
+        )
+        .await
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the refusal was never recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Several retry periods later: still one attempt, one failure row.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stored = Http::default()
+        .get(
+            &daemon.api(&format!("/notifications/{id}")),
+            &service_token(),
+        )
+        .await;
+    let refused: Vec<&Value> = stored.body["emails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["address"] == "reject-me@hospital.example")
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["state"], "failed");
+    assert_eq!(refused[0]["attempts"], 1);
+    assert!(
+        refused[0]["lastError"].as_str().unwrap().contains("550"),
+        "{}",
+        refused[0]
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM audit_log WHERE action = 'email.failed' AND outcome = 'failed' AND notification_id = $1", id).await,
+        1
+    );
+    assert_eq!(smtp.mails().len(), 1);
 }

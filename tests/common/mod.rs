@@ -591,7 +591,11 @@ impl SmtpServer {
         let child = Command::new("python3")
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{}", self.port))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .args(["-c", "readback_test_smtp.RefusingMailbox"])
+            .env(
+                "PYTHONPATH",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp"),
+            )
             .arg(&self.maildir)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
