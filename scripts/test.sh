@@ -14,6 +14,8 @@ log "prerequisites"
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
 # systemd-analyze checks the unit's hardening score.
 command -v systemd-analyze >/dev/null || apt_install systemd
+# Redis for the scale-out tests (the tests start their own servers).
+command -v redis-server >/dev/null || apt_install redis-server
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 # The SMTP server the escalation tests send to.
 python3 -c 'import aiosmtpd' 2>/dev/null ||

@@ -15,6 +15,8 @@ use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use socketioxide::SocketIo;
 use socketioxide_postgres::{PostgresAdapterConfig, PostgresAdapterCtr, SqlxAdapter};
+use socketioxide_redis::drivers::redis::redis_client as redis;
+use socketioxide_redis::{RedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +49,7 @@ pub enum StartError {
     Auth(String),
     #[error("{0}")]
     Smtp(String),
-    #[error("cannot join the other daemons through PostgreSQL: {0}")]
+    #[error("cannot join the other daemons: {0}")]
     Cluster(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -87,9 +89,39 @@ impl Application {
             outbox_wake: outbox_wake.clone(),
             scheduler_heartbeat: scheduler_heartbeat.clone(),
         };
-        let (router, state) = match store.backend() {
+        let (router, state) = match (store.backend(), &config.cluster.redis_url) {
+            // Daemons share their rooms through Redis.
+            (_, Some(url)) => {
+                // The adapter needs RESP3 (Redis 7): ask for it unless the
+                // URL already says which protocol.
+                let url = if url.contains("protocol=") {
+                    url.clone()
+                } else if url.contains('?') {
+                    format!("{url}&protocol=resp3")
+                } else {
+                    format!("{url}?protocol=resp3")
+                };
+                let client = redis::Client::open(url.as_str())
+                    .map_err(|e| StartError::Cluster(format!("cluster.redis_url: {e}")))?;
+                let adapter = RedisAdapterCtr::new_with_redis_config(
+                    &client,
+                    RedisAdapterConfig::new()
+                        .with_prefix("readback")
+                        .with_request_timeout(Duration::from_secs(2)),
+                )
+                .await
+                .map_err(|e| StartError::Cluster(format!("cannot reach Redis: {e}")))?;
+                let (layer, io) = sockets
+                    .with_adapter::<RedisAdapter<_>>(adapter)
+                    .build_layer();
+                let state = state_for(Hub::new(io.clone()));
+                realtime::attach(&io, state.clone())
+                    .await
+                    .map_err(|e| StartError::Cluster(e.to_string()))?;
+                (crate::http::router(state.clone()).layer(layer), state)
+            }
             // One daemon per SQLite file: sockets live in this process.
-            Backend::Sqlite => {
+            (Backend::Sqlite, None) => {
                 let (layer, io) = sockets.build_layer();
                 let state = state_for(Hub::new(io.clone()));
                 realtime::attach(&io, state.clone());
@@ -97,7 +129,7 @@ impl Application {
             }
             // Daemons sharing a PostgreSQL database share their rooms through
             // it (LISTEN/NOTIFY), so an emit reaches sockets on every node.
-            Backend::Postgres => {
+            (Backend::Postgres, None) => {
                 let pool = PgPoolOptions::new()
                     .max_connections(4)
                     .connect(&config.database.url)

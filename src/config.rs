@@ -38,6 +38,16 @@ pub struct Config {
     pub escalation: EscalationConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://host:6379` (Redis 7 or later): daemons share Socket.IO rooms
+    /// through Redis. Unset: through PostgreSQL when that is the database.
+    pub redis_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -581,6 +591,13 @@ impl Config {
                     problems.push(format!("{key}: cannot read {}: {e}", path.display()));
                 }
             }
+        }
+        if let Some(url) = &self.cluster.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            problems.push(format!(
+                "cluster.redis_url: `{url}` must start with redis:// or rediss://"
+            ));
         }
         if !["daily", "hourly", "minutely", "never"].contains(&self.logging.rotation.as_str()) {
             problems.push(format!(

@@ -111,3 +111,113 @@ async fn a_notification_raised_on_one_daemon_reaches_tabs_on_both() {
         assert_eq!(status.body["sockets"], 2, "{}", status.body);
     }
 }
+
+/// With `[cluster] redis_url`, two daemons share rooms through Redis:
+/// delivery, acknowledgement, broadcast, status, disconnect and replay work
+/// whichever daemon a viewer or the PACS talks to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_act_as_one_through_redis() {
+    let redis = RedisServer::start().await;
+    let env = TestEnv::with_config(Db::Postgres, &redis.config()).await;
+    let a = env.start().await;
+    let b = env.start().await;
+    let on_a = Clients::start(&a).await;
+    let on_b = Clients::start(&b).await;
+    let http = Http::default();
+    let alice = token("alice", &["radiologist"], None);
+    on_a.connect("tab-a", &alice).await;
+    on_b.connect("tab-b", &alice).await;
+
+    let raised = http.raise(&b, json!({ "userId": "alice" }), "via B").await;
+    let id = raised["id"].as_str().unwrap();
+    assert_eq!(
+        raised["deliveries"].as_array().unwrap().len(),
+        2,
+        "{raised}"
+    );
+    assert_eq!(
+        on_a.next_event("tab-a", "critical_notification").await["id"],
+        id
+    );
+    assert_eq!(
+        on_b.next_event("tab-b", "critical_notification").await["id"],
+        id
+    );
+    assert_eq!(on_a.ack("tab-a", id).await["ok"], true);
+    assert_eq!(
+        on_b.next_event("tab-b", "notification_acknowledged").await["notificationId"],
+        id
+    );
+
+    for daemon in [&a, &b] {
+        let status = http
+            .get(&daemon.api("/users/alice/status"), &service_token())
+            .await;
+        assert_eq!(status.body["sockets"], 2, "{}", status.body);
+    }
+    http.post(
+        &a.api("/broadcast"),
+        &admin_token(),
+        &json!({ "role": "radiologist", "message": "reading room 2 closed", "level": "warning" }),
+    )
+    .await;
+    assert_eq!(
+        on_b.next_event("tab-b", "system_alert").await["message"],
+        "reading room 2 closed"
+    );
+    assert_eq!(
+        on_a.next_event("tab-a", "system_alert").await["level"],
+        "warning"
+    );
+
+    let dropped = http
+        .delete(&b.api("/users/alice/connections"), &admin_token())
+        .await;
+    assert_eq!(dropped.body["disconnected"], 2, "{}", dropped.body);
+    on_a.wait_disconnect("tab-a").await;
+    on_b.wait_disconnect("tab-b").await;
+
+    // Raised on A while alice is offline; replayed when she lands on B.
+    let offline = http
+        .raise(&a, json!({ "userId": "alice" }), "while away")
+        .await;
+    on_b.connect("again", &alice).await;
+    let replayed = on_b.next_event("again", "critical_notification").await;
+    assert_eq!(replayed["id"], offline["id"]);
+    assert_eq!(replayed["replayed"], true);
+}
+
+/// Redis going away: each daemon keeps serving its own sockets, nothing is
+/// lost, and a viewer on the other daemon gets the notification by replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_each_daemon_serves_its_own_sockets() {
+    let mut redis = RedisServer::start().await;
+    let env = TestEnv::with_config(Db::Postgres, &redis.config()).await;
+    let a = env.start().await;
+    let b = env.start().await;
+    let on_a = Clients::start(&a).await;
+    let on_b = Clients::start(&b).await;
+    let http = Http::default();
+    let alice = token("alice", &["radiologist"], None);
+    on_a.connect("tab-a", &alice).await;
+    on_b.connect("tab-b", &alice).await;
+    redis.stop().await;
+
+    let raised = http
+        .raise(&a, json!({ "userId": "alice" }), "redis down")
+        .await;
+    let id = raised["id"].as_str().unwrap();
+    assert_eq!(
+        on_a.next_event("tab-a", "critical_notification").await["id"],
+        id
+    );
+    assert_eq!(on_a.ack("tab-a", id).await["ok"], true);
+
+    let second = http
+        .raise(&a, json!({ "userId": "alice" }), "for the other tab")
+        .await;
+    on_b.close("tab-b").await;
+    on_b.connect("tab-b2", &alice).await;
+    let replayed = on_b.next_event("tab-b2", "critical_notification").await;
+    assert_eq!(replayed["id"], second["id"]);
+}

@@ -119,8 +119,10 @@ fn info_from_rooms(socket_id: String, rooms: &[impl AsRef<str>]) -> SocketInfo {
 impl<A: Adapter> HubOps for SocketIo<A> {
     fn emit(&self, rooms: Vec<String>, event: &'static str, payload: Value) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if let Err(e) = self.to(rooms).emit(event, &payload).await {
-                tracing::warn!(event, error = %e, "emit failed");
+            if let Err(e) = self.to(rooms.clone()).emit(event, &payload).await {
+                // The cluster link is down: this daemon's sockets still get it.
+                tracing::warn!(event, error = %e, "cluster emit failed; emitting locally");
+                let _ = self.local().to(rooms).emit(event, &payload).await;
             }
         })
     }
@@ -128,7 +130,8 @@ impl<A: Adapter> HubOps for SocketIo<A> {
     fn emit_all(&self, event: &'static str, payload: Value) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if let Err(e) = self.emit(event, &payload).await {
-                tracing::warn!(event, error = %e, "broadcast failed");
+                tracing::warn!(event, error = %e, "cluster broadcast failed; emitting locally");
+                let _ = self.local().emit(event, &payload).await;
             }
         })
     }
@@ -140,11 +143,24 @@ impl<A: Adapter> HubOps for SocketIo<A> {
         payload: Value,
     ) -> BoxFuture<'_, Vec<Sent>> {
         Box::pin(async move {
-            let sockets = match self.to(rooms).fetch_sockets().await {
+            let sockets = match self.to(rooms.clone()).fetch_sockets().await {
                 Ok(sockets) => sockets,
                 Err(e) => {
-                    tracing::warn!(event, error = %e, "could not list sockets");
-                    return Vec::new();
+                    // The cluster link is down: deliver to this daemon's
+                    // sockets; the others get it by replay on reconnect.
+                    tracing::warn!(event, error = %e, "could not list cluster sockets; delivering locally");
+                    let mut sent = Vec::new();
+                    for socket in self.local().to(rooms).sockets() {
+                        let info = info_from_rooms(socket.id.to_string(), &socket.rooms());
+                        if socket.emit(event, &payload).is_ok() {
+                            sent.push(Sent {
+                                socket_id: info.socket_id,
+                                user_id: info.user_id.unwrap_or_default(),
+                                session_id: info.session_id,
+                            });
+                        }
+                    }
+                    return sent;
                 }
             };
             let mut sent = Vec::with_capacity(sockets.len());
@@ -168,15 +184,29 @@ impl<A: Adapter> HubOps for SocketIo<A> {
 
     fn sockets(&self, room: Option<String>) -> BoxFuture<'_, Vec<SocketInfo>> {
         Box::pin(async move {
-            let fetched = match room {
-                Some(room) => self.to(room).fetch_sockets().await,
+            let fetched = match &room {
+                Some(room) => self.to(room.clone()).fetch_sockets().await,
                 None => self.fetch_sockets().await,
             };
             let sockets = match fetched {
                 Ok(sockets) => sockets,
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not list sockets");
-                    return Vec::new();
+                    tracing::warn!(error = %e, "could not list cluster sockets; listing local ones");
+                    let local = match room {
+                        Some(room) => self.local().to(room).sockets(),
+                        None => self.local().sockets(),
+                    };
+                    return local
+                        .into_iter()
+                        .map(|socket| {
+                            let mut info = info_from_rooms(socket.id.to_string(), &socket.rooms());
+                            info.connected_at = socket
+                                .extensions
+                                .get::<Arc<Connection>>()
+                                .map(|c| c.connected_at);
+                            info
+                        })
+                        .collect();
                 }
             };
             let mut infos = Vec::with_capacity(sockets.len());
@@ -202,8 +232,9 @@ impl<A: Adapter> HubOps for SocketIo<A> {
                 .await
                 .map(|s| s.len())
                 .unwrap_or(0);
-            if let Err(e) = self.to(room).disconnect().await {
-                tracing::warn!(error = %e, "disconnect failed");
+            if let Err(e) = self.to(room.clone()).disconnect().await {
+                tracing::warn!(error = %e, "cluster disconnect failed; disconnecting locally");
+                let _ = self.local().to(room).disconnect().await;
             }
             count
         })

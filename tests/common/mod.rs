@@ -686,3 +686,58 @@ impl SmtpServer {
         }
     }
 }
+
+/// A real Redis (redis-server, installed by scripts/test.sh) on a free
+/// loopback port, without persistence.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self { child: None, port };
+        server.resume().await;
+        server
+    }
+
+    pub async fn resume(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        tokio::time::timeout(WAIT, async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("redis-server did not start listening");
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    pub fn config(&self) -> String {
+        format!(
+            "[cluster]\nredis_url = \"redis://127.0.0.1:{}\"\n",
+            self.port
+        )
+    }
+}
