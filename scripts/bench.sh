@@ -4,6 +4,7 @@
 #   docs/bench-scheduler.md  one scheduler tick with 100,000 idle sessions
 #   docs/bench-latency.md    raise -> viewer receipt latency, release build
 #   docs/bench-audit.md      audit verify on 1M rows, the report on 100k notifications
+#   docs/benchmarks.md       10,000 sockets: memory, latency, raises/s, replay
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/postgres.sh
@@ -12,6 +13,9 @@ pg_start
 
 cargo bench --locked --bench scheduler_tick
 cargo bench --locked --bench audit
+# 10,000 sockets need 10,000 descriptors in each process.
+ulimit -n 20000 2>/dev/null || true
+cargo bench --locked --bench load
 
 cargo build --release --locked
 bin=target/release/readbackd

@@ -20,10 +20,12 @@ tick = "50ms"
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_daemons_warn_and_expire_each_session_exactly_once() {
+async fn three_daemons_warn_and_expire_each_session_exactly_once() {
     let env = TestEnv::with_config(Db::Postgres, SHORT_SESSIONS).await;
     let a = env.start().await;
     let b = env.start().await;
+    // A third daemon with no sockets of its own still competes for claims.
+    let _c = env.start().await;
     let on_a = Clients::start(&a).await;
     let on_b = Clients::start(&b).await;
 

@@ -18,7 +18,51 @@ both_databases!(
     replay_is_oldest_first_after_being_offline,
     replay_survives_sigkill_and_restart,
     concurrent_acks_from_two_tabs_make_one_acknowledgement,
+    a_long_backlog_is_replayed_whole_and_in_order,
 );
+
+/// More pending notifications than a socket's send buffer holds (128): all
+/// of them arrive, oldest first.
+async fn a_long_backlog_is_replayed_whole_and_in_order(db: Db) {
+    let env = TestEnv::new(db).await;
+    let daemon = env.start().await;
+    let http = Http::default();
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let reply = http
+            .post(
+                &daemon.api("/notifications"),
+                &service_token(),
+                &json!({ "id": format!("backlog-{i:03}"), "recipient": { "userId": "hana" }, "severity": "urgent", "title": "backlog" }),
+            )
+            .await;
+        assert_eq!(reply.status, 201);
+        ids.push(reply.body["id"].clone());
+    }
+    let clients = Clients::start(&daemon).await;
+    clients.connect("hana", &token("hana", &[], None)).await;
+    let mut replayed = Vec::new();
+    for _ in 0..300 {
+        replayed.push(clients.next_event("hana", "critical_notification").await["id"].clone());
+    }
+    assert_eq!(replayed, ids);
+    // The deliveries are recorded right after the emits.
+    let deadline = std::time::Instant::now() + WAIT;
+    while env
+        .count(
+            "SELECT COUNT(*) FROM deliveries WHERE user_id = $1 AND replayed = 1",
+            "hana",
+        )
+        .await
+        < 300
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replayed deliveries not recorded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
 
 async fn socket_auth_refusals_have_the_contract_messages(db: Db) {
     let env = TestEnv::new(db).await;

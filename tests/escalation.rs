@@ -308,13 +308,14 @@ async fn a_crash_between_levels_neither_repeats_nor_skips(db: Db) {
     );
 }
 
-/// Two daemons on one PostgreSQL: each step and each email once.
+/// Three daemons on one PostgreSQL: each step and each email once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_daemons_send_each_email_once() {
+async fn three_daemons_send_each_email_once() {
     let smtp = SmtpServer::start().await;
     let env = TestEnv::with_config(Db::Postgres, &policy(&smtp)).await;
     let a = env.start().await;
     let _b = env.start().await;
+    let _c = env.start().await;
     let clients = Clients::start(&a).await;
     for _ in 0..3 {
         raise_for_alice(&a, &clients).await;

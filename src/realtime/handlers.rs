@@ -4,11 +4,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::socket::{DisconnectReason, Socket};
+use socketioxide::{SendError, SocketError, SocketIo};
 use socketioxide_core::adapter::DefinedAdapter;
 
 use super::{Connection, Sent};
@@ -174,15 +174,37 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
     };
     let mut reached = Vec::with_capacity(pending.len());
     for notification in &pending {
-        if socket
-            .emit("critical_notification", &notification.to_wire(true))
-            .is_ok()
-        {
+        if emit_waiting(socket, "critical_notification", &notification.to_wire(true)).await {
             reached.push((notification, sent.clone()));
+        } else {
+            // Disconnected meanwhile: the rest is replayed on the next connect.
+            break;
         }
     }
     if let Err(e) = service::record_deliveries(state, &reached, true).await {
         tracing::error!(socket = %socket.id, error = %e, "could not record replayed deliveries");
+    }
+}
+
+/// Emits to one socket, waiting while its send buffer is full (a replay of
+/// hundreds of notifications outruns the socket's writer). False once the
+/// socket is gone.
+async fn emit_waiting<A: Adapter, T: serde::Serialize + ?Sized>(
+    socket: &SocketRef<A>,
+    event: &str,
+    payload: &T,
+) -> bool {
+    loop {
+        match socket.emit(event, payload) {
+            Ok(()) => return true,
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            Err(e) => {
+                tracing::debug!(socket = %socket.id, error = %e, "emit failed");
+                return false;
+            }
+        }
     }
 }
 
