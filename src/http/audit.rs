@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::extract::{Authorized, QueryParams, Reader, Roles};
+use super::extract::{Authorized, QueryParams, Reader, Roles, query_time};
 use crate::app::AppState;
 use crate::audit::review::{self, row_json, to_csv};
 use crate::audit::{Action, AuditEvent};
@@ -46,20 +46,6 @@ pub struct AuditQuery {
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 
-fn time(field: &str, value: &Option<String>) -> Result<Option<Timestamp>, FieldError> {
-    value
-        .as_deref()
-        .map(|text| {
-            Timestamp::parse_rfc3339(text).ok_or_else(|| {
-                FieldError::new(
-                    field,
-                    "must be an RFC 3339 UTC time, e.g. 2026-11-22T10:00:00.000Z",
-                )
-            })
-        })
-        .transpose()
-}
-
 async fn record_query(state: &AppState, caller: &Identity, what: Value) -> Result<(), ApiError> {
     append_alone(
         &state.store,
@@ -82,8 +68,8 @@ pub async fn list(
         return Err(FieldError::new("action", format!("unknown action `{action}`")).into());
     }
     let filter = AuditFilter {
-        from: time("from", &query.from)?,
-        to: time("to", &query.to)?,
+        from: query_time("from", &query.from)?,
+        to: query_time("to", &query.to)?,
         user_id: query.user_id.clone(),
         patient_id: query.patient_id.clone(),
         study_id: query.study_id.clone(),
@@ -254,8 +240,8 @@ pub async fn acknowledgements(
     QueryParams(query): QueryParams<ReportQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let now = Timestamp::now();
-    let to = time("to", &query.to)?.unwrap_or(now);
-    let from = time("from", &query.from)?
+    let to = query_time("to", &query.to)?.unwrap_or(now);
+    let from = query_time("from", &query.from)?
         .unwrap_or_else(|| Timestamp::from_millis(to.as_millis() - 30 * 86_400_000));
     if from >= to {
         return Err(FieldError::new("from", "must be before `to`").into());

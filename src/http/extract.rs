@@ -196,3 +196,18 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for QueryPa
             })
     }
 }
+
+/// An optional RFC 3339 UTC query parameter.
+pub fn query_time(field: &str, value: &Option<String>) -> Result<Option<Timestamp>, FieldError> {
+    value
+        .as_deref()
+        .map(|text| {
+            Timestamp::parse_rfc3339(text).ok_or_else(|| {
+                FieldError::new(
+                    field,
+                    "must be an RFC 3339 UTC time, e.g. 2026-11-22T10:00:00.000Z",
+                )
+            })
+        })
+        .transpose()
+}

@@ -7,9 +7,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::extract::{Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json};
+use super::extract::{
+    Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json, query_time,
+};
 use crate::app::AppState;
-use crate::clock::Timestamp;
 use crate::notifications::service::Trace;
 use crate::notifications::{
     FieldError, MAX_REASON_LEN, Notification, State as NotificationState, check_identifier,
@@ -111,19 +112,6 @@ pub async fn list(
     Authorized(_caller, _): Authorized<Reader>,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let time = |field: &str, value: &Option<String>| -> Result<Option<Timestamp>, FieldError> {
-        value
-            .as_deref()
-            .map(|text| {
-                Timestamp::parse_rfc3339(text).ok_or_else(|| {
-                    FieldError::new(
-                        field,
-                        "must be an RFC 3339 UTC time, e.g. 2026-11-22T10:00:00.000Z",
-                    )
-                })
-            })
-            .transpose()
-    };
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(FieldError::new("limit", format!("must be between 1 and {MAX_PAGE}")).into());
@@ -144,8 +132,8 @@ pub async fn list(
         user_id: query.user_id,
         patient_id: query.patient_id,
         study_id: query.study_id,
-        since: time("since", &query.since)?,
-        until: time("until", &query.until)?,
+        since: query_time("since", &query.since)?,
+        until: query_time("until", &query.until)?,
         before_seq: query
             .cursor
             .as_deref()

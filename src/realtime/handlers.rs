@@ -265,24 +265,36 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
     });
 }
 
+fn connection_of<A: Adapter>(socket: &SocketRef<A>) -> Result<Arc<Connection>, Error> {
+    socket
+        .extensions
+        .get::<Arc<Connection>>()
+        .ok_or_else(|| Error::Forbidden("not authenticated".into()))
+}
+
+/// A client event's payload, which must be a JSON object of `shape`.
+fn payload_object(data: Option<Value>, shape: &str) -> Result<Value, FieldError> {
+    data.filter(Value::is_object)
+        .ok_or_else(|| FieldError::new("payload", format!("must be an object {shape}")))
+}
+
+fn required_string<'a>(data: &'a Value, field: &str) -> Result<&'a str, FieldError> {
+    match data.get(field) {
+        Some(Value::String(text)) => Ok(text),
+        Some(_) => Err(FieldError::new(field, "must be a string")),
+        None => Err(FieldError::new(field, "is required")),
+    }
+}
+
 /// `extend_session { sessionId }`: only the token's own session.
 async fn extend_session<A: Adapter>(
     socket: &SocketRef<A>,
     state: &AppState,
     data: Option<Value>,
 ) -> Result<Value, Error> {
-    let connection = socket
-        .extensions
-        .get::<Arc<Connection>>()
-        .ok_or_else(|| Error::Forbidden("not authenticated".into()))?;
-    let data = data
-        .filter(Value::is_object)
-        .ok_or_else(|| FieldError::new("payload", "must be an object { sessionId }"))?;
-    let session_id = match data.get("sessionId") {
-        Some(Value::String(id)) => id.as_str(),
-        Some(_) => return Err(FieldError::new("sessionId", "must be a string").into()),
-        None => return Err(FieldError::new("sessionId", "is required").into()),
-    };
+    let connection = connection_of(socket)?;
+    let data = payload_object(data, "{ sessionId }")?;
+    let session_id = required_string(&data, "sessionId")?;
     check_text("sessionId", session_id, 256)?;
     let expires_at = sessions::extend(state, &connection.identity, session_id).await?;
     Ok(json!({ "ok": true, "sessionId": session_id, "expiresAt": expires_at }))
@@ -294,19 +306,10 @@ async fn acknowledge<A: Adapter>(
     state: &AppState,
     data: Option<Value>,
 ) -> Result<Value, Error> {
-    let connection = socket
-        .extensions
-        .get::<Arc<Connection>>()
-        .ok_or_else(|| Error::Forbidden("not authenticated".into()))?;
+    let connection = connection_of(socket)?;
     let identity = &connection.identity;
-    let data = data
-        .filter(Value::is_object)
-        .ok_or_else(|| FieldError::new("payload", "must be an object { notificationId }"))?;
-    let id = match data.get("notificationId") {
-        Some(Value::String(id)) => id.as_str(),
-        Some(_) => return Err(FieldError::new("notificationId", "must be a string").into()),
-        None => return Err(FieldError::new("notificationId", "is required").into()),
-    };
+    let data = payload_object(data, "{ notificationId }")?;
+    let id = required_string(&data, "notificationId")?;
     check_identifier("notificationId", id)?;
     match data.get("userId") {
         None | Some(Value::Null) => {}
