@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib/postgres.sh
 pg_start
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+# The comparison peer of the load benchmark (Node.js socket.io 4).
+(cd benches/peer && npm ci --no-audit --no-fund --loglevel=error)
 
 cargo bench --locked --bench scheduler_tick
 cargo bench --locked --bench audit
