@@ -159,11 +159,12 @@ async fn acknowledging_before_the_deadline_sends_nothing(db: Db) {
     assert_eq!(clients.ack("alice2", id).await["ok"], true);
 
     // Past the deadline and a few ticks: the step is stopped, not sent.
-    let deadline = Instant::now() + WAIT;
-    while env.count("SELECT COUNT(*) FROM escalation_steps WHERE state = 'stopped' AND notification_id = $1", id).await == 0 {
-        assert!(Instant::now() < deadline, "level 1 was never looked at");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_count(
+        "SELECT COUNT(*) FROM escalation_steps WHERE state = 'stopped' AND notification_id = $1",
+        id,
+        1,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(smtp.mails().is_empty());
     assert_eq!(
@@ -187,11 +188,12 @@ async fn acknowledging_between_levels_stops_the_next(db: Db) {
 
     // Level 2 would be due 2 s after level 1; wait until the scheduler has
     // stopped it.
-    let deadline = Instant::now() + WAIT;
-    while env.count("SELECT COUNT(*) FROM escalation_steps WHERE state = 'stopped' AND notification_id = $1", id).await == 0 {
-        assert!(Instant::now() < deadline, "level 2 was never looked at");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_count(
+        "SELECT COUNT(*) FROM escalation_steps WHERE state = 'stopped' AND notification_id = $1",
+        id,
+        1,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(smtp.mails().len(), 2);
     let stored = Http::default()
@@ -219,11 +221,12 @@ async fn cancelling_stops_escalation(db: Db) {
         )
         .await;
     assert_eq!(cancelled.status, 200);
-    let deadline = Instant::now() + WAIT;
-    while env.count("SELECT COUNT(*) FROM escalation_steps WHERE state = 'stopped' AND notification_id = $1", id).await == 0 {
-        assert!(Instant::now() < deadline, "level 1 was never looked at");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_count(
+        "SELECT COUNT(*) FROM escalation_steps WHERE state = 'stopped' AND notification_id = $1",
+        id,
+        1,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(smtp.mails().is_empty());
 }
@@ -238,11 +241,7 @@ async fn an_smtp_outage_delays_but_loses_nothing(db: Db) {
     let id = raised["id"].as_str().unwrap();
 
     // Level 1 falls due while the server is down: failures are audited.
-    let deadline = Instant::now() + WAIT;
-    while env.count("SELECT COUNT(*) FROM audit_log WHERE action = 'email.failed' AND outcome = 'retry' AND notification_id = $1", id).await < 4 {
-        assert!(Instant::now() < deadline, "no failed attempts were audited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_count("SELECT COUNT(*) FROM audit_log WHERE action = 'email.failed' AND outcome = 'retry' AND notification_id = $1", id, 4).await;
     assert!(smtp.mails().is_empty());
     smtp.resume().await;
 
@@ -280,18 +279,12 @@ async fn a_crash_between_levels_neither_repeats_nor_skips(db: Db) {
     let id = raised["id"].as_str().unwrap().to_string();
     smtp.wait_for(2).await;
     // Wait until both level-1 emails are recorded as sent, then crash.
-    let deadline = Instant::now() + WAIT;
-    while env
-        .count(
-            "SELECT COUNT(*) FROM email_outbox WHERE state = 'sent' AND notification_id = $1",
-            &id,
-        )
-        .await
-        < 2
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    env.wait_count(
+        "SELECT COUNT(*) FROM email_outbox WHERE state = 'sent' AND notification_id = $1",
+        &id,
+        2,
+    )
+    .await;
     drop(clients);
     daemon.kill9().await;
 
@@ -344,18 +337,12 @@ async fn a_permanent_refusal_is_recorded_and_not_retried(db: Db) {
     let id = raised["id"].as_str().unwrap();
     let mails = smtp.wait_for(1).await;
     assert_eq!(mails[0].to, "oncall@hospital.example");
-    let deadline = Instant::now() + WAIT;
-    while env
-        .count(
-            "SELECT COUNT(*) FROM email_outbox WHERE state = 'failed' AND notification_id = $1",
-            id,
-        )
-        .await
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the refusal was never recorded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_count(
+        "SELECT COUNT(*) FROM email_outbox WHERE state = 'failed' AND notification_id = $1",
+        id,
+        1,
+    )
+    .await;
     // Several retry periods later: still one attempt, one failure row.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let stored = Http::default()

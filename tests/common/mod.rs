@@ -106,6 +106,23 @@ impl TestEnv {
             .expect("connect to the test database")
     }
 
+    /// Waits until `sql` (a COUNT with one text parameter) reaches
+    /// `at_least`: for what the daemon records just after it answers.
+    pub async fn wait_count(&self, sql: &'static str, arg: &str, at_least: i64) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let count = self.count(sql, arg).await;
+            if count >= at_least {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out: {sql} ({arg}) is {count}, waited for {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn count(&self, sql: &'static str, arg: &str) -> i64 {
         use sqlx::Row;
         let mut conn = self.sql().await;
@@ -571,11 +588,7 @@ pub struct SmtpServer {
 
 impl SmtpServer {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let maildir = tempfile::tempdir().unwrap().keep().join("maildir");
         let mut server = Self {
             child: None,
@@ -603,16 +616,7 @@ impl SmtpServer {
             .spawn()
             .expect("start aiosmtpd (python3 -m pip install aiosmtpd)");
         self.child = Some(child);
-        tokio::time::timeout(WAIT, async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .expect("aiosmtpd did not start listening");
+        wait_listening(self.port, "aiosmtpd").await;
     }
 
     /// Stops the server: connections are refused until `resume`.
@@ -696,11 +700,7 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut server = Self { child: None, port };
         server.resume().await;
         server
@@ -716,16 +716,7 @@ impl RedisServer {
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
-        tokio::time::timeout(WAIT, async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .expect("redis-server did not start listening");
+        wait_listening(self.port, "redis-server").await;
     }
 
     pub async fn stop(&mut self) {
@@ -740,4 +731,27 @@ impl RedisServer {
             self.port
         )
     }
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `port`.
+async fn wait_listening(port: u16, what: &str) {
+    tokio::time::timeout(WAIT, async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} did not start listening"));
 }
