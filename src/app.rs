@@ -14,6 +14,9 @@ use std::time::Duration;
 use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+use socketioxide::layer::SocketIoLayer;
+use socketioxide_core::adapter::DefinedAdapter;
 use socketioxide_postgres::{PostgresAdapterConfig, PostgresAdapterCtr, SqlxAdapter};
 use socketioxide_redis::drivers::redis::redis_client as redis;
 use socketioxide_redis::{RedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
@@ -114,18 +117,17 @@ impl Application {
                 let (layer, io) = sockets
                     .with_adapter::<RedisAdapter<_>>(adapter)
                     .build_layer();
-                let state = state_for(Hub::new(io.clone()));
-                realtime::attach(&io, state.clone())
+                let (router, state, joined) = wire(layer, io, &state_for);
+                joined
                     .await
                     .map_err(|e| StartError::Cluster(e.to_string()))?;
-                (crate::http::router(state.clone()).layer(layer), state)
+                (router, state)
             }
             // One daemon per SQLite file: sockets live in this process.
             (Backend::Sqlite, None) => {
                 let (layer, io) = sockets.build_layer();
-                let state = state_for(Hub::new(io.clone()));
-                realtime::attach(&io, state.clone());
-                (crate::http::router(state.clone()).layer(layer), state)
+                let (router, state, ()) = wire(layer, io, &state_for);
+                (router, state)
             }
             // Daemons sharing a PostgreSQL database share their rooms through
             // it (LISTEN/NOTIFY), so an emit reaches sockets on every node.
@@ -147,11 +149,11 @@ impl Application {
                 let (layer, io) = sockets
                     .with_adapter::<SqlxAdapter<_>>(adapter)
                     .build_layer();
-                let state = state_for(Hub::new(io.clone()));
-                realtime::attach(&io, state.clone())
+                let (router, state, joined) = wire(layer, io, &state_for);
+                joined
                     .await
                     .map_err(|e| StartError::Cluster(e.to_string()))?;
-                (crate::http::router(state.clone()).layer(layer), state)
+                (router, state)
             }
         };
         let router = router.layer(crate::http::cors(&state.config.server.cors_origins));
@@ -225,6 +227,23 @@ impl Application {
         state.store.close().await;
         Ok(())
     }
+}
+
+/// Builds the state around a Socket.IO instance of any adapter, attaches
+/// the namespace and layers Socket.IO onto the HTTP router. Returns the
+/// adapter's start-up result (a future for cluster adapters, to await).
+fn wire<A: Adapter + DefinedAdapter>(
+    layer: SocketIoLayer<A>,
+    io: SocketIo<A>,
+    state_for: &dyn Fn(Hub) -> AppState,
+) -> (axum::Router, AppState, A::InitRes) {
+    let state = state_for(Hub::new(io.clone()));
+    let joined = realtime::attach(&io, state.clone());
+    (
+        crate::http::router(state.clone()).layer(layer),
+        state,
+        joined,
+    )
 }
 
 /// Stops accepting, tells connected viewers (so they reconnect elsewhere),
