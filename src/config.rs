@@ -40,6 +40,60 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub realtime: RealtimeConfig,
+}
+
+/// Ordinary real-time traffic beside critical findings: messages, topics,
+/// presence, and how many connections a user may hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealtimeConfig {
+    /// A new connection of a user closes the user's older sockets.
+    #[serde(default)]
+    pub single_connection_per_user: bool,
+    /// Send `user_online` / `user_offline` to the `role:admin` room (and
+    /// `connected` / `disconnected` updates to the operator console).
+    #[serde(default)]
+    pub presence_events: bool,
+    /// Event names `POST /api/v1/messages` may send, as `*` patterns. The
+    /// names readback itself uses are refused whatever this says.
+    #[serde(default = "default_message_events")]
+    pub message_events: Vec<String>,
+    /// Largest `data` of one message, serialized.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Topics each role may subscribe to, as `*` patterns, e.g.
+    /// `radiologist = ["study:*", "worklist:*"]`. A role not listed may
+    /// subscribe to nothing.
+    #[serde(default)]
+    pub topics: BTreeMap<String, Vec<String>>,
+    /// How many topics one socket may subscribe to at once.
+    #[serde(default = "default_max_topics_per_socket")]
+    pub max_topics_per_socket: usize,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        Self {
+            single_connection_per_user: false,
+            presence_events: false,
+            message_events: default_message_events(),
+            max_message_bytes: default_max_message_bytes(),
+            topics: BTreeMap::new(),
+            max_topics_per_socket: default_max_topics_per_socket(),
+        }
+    }
+}
+
+fn default_message_events() -> Vec<String> {
+    vec!["*".into()]
+}
+fn default_max_message_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_topics_per_socket() -> usize {
+    100
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -334,6 +388,11 @@ pub struct EscalationConfig {
     /// How many times the last level is repeated at most.
     #[serde(default = "default_repeat_limit")]
     pub repeat_limit: u32,
+    /// A `critical` notification raised while its recipient has no
+    /// connected socket starts escalating at once instead of at its
+    /// acknowledgement deadline.
+    #[serde(default)]
+    pub escalate_when_offline: bool,
 }
 
 fn default_repeat_limit() -> u32 {
@@ -563,6 +622,30 @@ impl Config {
                 ));
             }
             previous = level.after;
+        }
+        let realtime = &self.realtime;
+        for pattern in &realtime.message_events {
+            if let Err(why) = crate::realtime::messages::check_pattern(pattern) {
+                problems.push(format!("realtime.message_events: `{pattern}` {why}"));
+            }
+        }
+        if realtime.max_message_bytes < 64
+            || realtime.max_message_bytes > self.server.max_body_bytes
+        {
+            problems.push(format!(
+                "realtime.max_message_bytes: must be between 64 and server.max_body_bytes ({})",
+                self.server.max_body_bytes
+            ));
+        }
+        for (role, patterns) in &realtime.topics {
+            for pattern in patterns {
+                if let Err(why) = crate::realtime::topics::check_pattern(pattern) {
+                    problems.push(format!("realtime.topics.{role}: `{pattern}` {why}"));
+                }
+            }
+        }
+        if realtime.max_topics_per_socket == 0 {
+            problems.push("realtime.max_topics_per_socket: must be at least 1".into());
         }
         if self.escalation.repeat_every.is_some_and(|d| d.is_zero()) {
             problems.push("escalation.repeat_every: must be greater than zero".into());

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub cancelled: Counter,
     pub auth_refused: Counter,
     pub connected_sockets: Gauge,
+    pub messages_sent: Counter,
 }
 
 impl Default for Metrics {
@@ -32,6 +33,12 @@ impl Default for Metrics {
         let cancelled = Counter::default();
         let auth_refused = Counter::default();
         let connected_sockets = Gauge::default();
+        let messages_sent = Counter::default();
+        registry.register(
+            "messages_sent",
+            "Real-time messages sent through POST /api/v1/messages",
+            messages_sent.clone(),
+        );
         registry.register(
             "notifications_raised",
             "Notifications stored through the HTTP API, by severity",
@@ -70,6 +77,7 @@ impl Default for Metrics {
             cancelled,
             auth_refused,
             connected_sockets,
+            messages_sent,
         }
     }
 }

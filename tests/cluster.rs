@@ -223,3 +223,69 @@ async fn without_redis_each_daemon_serves_its_own_sockets() {
     let replayed = on_b.next_event("tab-b2", "critical_notification").await;
     assert_eq!(replayed["id"], second["id"]);
 }
+
+/// Messages, topics, presence and one-connection-per-user across two
+/// daemons sharing rooms through Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_topics_and_presence_span_daemons() {
+    let redis = RedisServer::start().await;
+    let config = format!(
+        "{}\n[realtime]\npresence_events = true\nsingle_connection_per_user = true\n\n\
+         [realtime.topics]\nradiologist = [\"study:*\"]\n",
+        redis.config()
+    );
+    let env = TestEnv::with_config(Db::Postgres, &config).await;
+    let a = env.start().await;
+    let b = env.start().await;
+    let on_a = Clients::start(&a).await;
+    let on_b = Clients::start(&b).await;
+    let http = Http::default();
+
+    on_a.connect("admin", &admin_token()).await;
+    on_a.next_event("admin", "user_online").await;
+    on_b.connect("alice", &token("alice", &["radiologist"], None))
+        .await;
+    // The admin on A hears of alice arriving on B.
+    assert_eq!(
+        on_a.next_event("admin", "user_online").await["userId"],
+        "alice"
+    );
+    let ack = on_b
+        .emit_ack("alice", "subscribe", json!([{ "topic": "study:77" }]))
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+
+    // Sent through A, received on B: by topic and by user.
+    for to in [json!({ "topic": "study:77" }), json!({ "userId": "alice" })] {
+        let sent = http
+            .post(
+                &a.api("/messages"),
+                &service_token(),
+                &json!({ "to": to, "event": "study_available", "data": { "studyId": "77" } }),
+            )
+            .await;
+        assert_eq!(sent.status, 202, "{}", sent.body);
+        assert_eq!(
+            on_b.next_event("alice", "study_available").await["studyId"],
+            "77"
+        );
+    }
+    let presence = http
+        .get(&a.api("/presence?role=radiologist"), &service_token())
+        .await;
+    assert_eq!(presence.body["total"], 1, "{}", presence.body);
+    assert_eq!(presence.body["users"][0]["userId"], "alice");
+
+    // Alice signs in on A: her connection on B is closed.
+    on_a.connect("alice-again", &token("alice", &["radiologist"], None))
+        .await;
+    assert_eq!(
+        on_b.next_event("alice", "system_alert").await["reason"],
+        "replaced_by_new_connection"
+    );
+    on_b.wait_disconnect("alice").await;
+    let status = http
+        .get(&b.api("/users/alice/status"), &service_token())
+        .await;
+    assert_eq!(status.body["sockets"], 1, "{}", status.body);
+}

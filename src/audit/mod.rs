@@ -40,10 +40,12 @@ pub enum Action {
     EmailFailed,
     EmailSkipped,
     AuditQueried,
+    EscalationRecipientOffline,
+    ConnectionReplaced,
 }
 
 impl Action {
-    pub const ALL: [Action; 20] = [
+    pub const ALL: [Action; 22] = [
         Action::NotificationRaised,
         Action::NotificationDelivered,
         Action::NotificationReplayed,
@@ -64,6 +66,8 @@ impl Action {
         Action::EmailFailed,
         Action::EmailSkipped,
         Action::AuditQueried,
+        Action::EscalationRecipientOffline,
+        Action::ConnectionReplaced,
     ];
 
     pub fn parse(text: &str) -> Option<Action> {
@@ -92,6 +96,8 @@ impl Action {
             Action::EmailFailed => "email.failed",
             Action::EmailSkipped => "email.skipped",
             Action::AuditQueried => "audit.queried",
+            Action::EscalationRecipientOffline => "escalation.recipient_offline",
+            Action::ConnectionReplaced => "connection.replaced",
         }
     }
 }

@@ -71,7 +71,19 @@ pub fn render(
     config: &EscalationConfig,
 ) -> EmailContent {
     let waiting = human_duration(now.millis_since(notification.created_at));
-    let overdue = human_duration(now.millis_since(notification.ack_deadline));
+    // Escalation starts before the deadline when the recipient was offline
+    // (`escalate_when_offline`).
+    let deadline_note = if now >= notification.ack_deadline {
+        format!(
+            "passed {} ago",
+            human_duration(now.millis_since(notification.ack_deadline))
+        )
+    } else {
+        format!(
+            "in {}; escalated early because the recipient was not connected",
+            human_duration(notification.ack_deadline.millis_since(now))
+        )
+    };
     let subject = format!(
         "[readback] Unacknowledged {} finding {} (escalation level {level})",
         notification.severity, notification.id
@@ -82,7 +94,7 @@ pub fn render(
          Severity:     {severity}\n\
          Title:        {title}\n\
          Raised:       {created} ({waiting} ago)\n\
-         Deadline:     {deadline} (passed {overdue} ago)\n\
+         Deadline:     {deadline} ({deadline_note})\n\
          Escalation:   level {level}\n",
         severity = notification.severity,
         id = notification.id,
@@ -165,6 +177,7 @@ mod tests {
             link_template: Some("https://pacs.example/worklist?n={id}".into()),
             repeat_every: Some(Duration::from_secs(600)),
             repeat_limit: 3,
+            escalate_when_offline: false,
         }
     }
 

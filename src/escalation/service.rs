@@ -10,7 +10,7 @@ use crate::audit::{Action, AuditEvent};
 use crate::auth::Identity;
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::notifications::Recipient;
+use crate::notifications::{Notification, Recipient, Severity};
 use crate::store::escalation::{self as sql, DueStep, OutboxEmail};
 use crate::store::notifications as notifications_sql;
 use crate::store::{StoreError, audit};
@@ -25,6 +25,7 @@ pub async fn scan(state: &AppState) -> Result<usize, Error> {
     let due = sql::claim_due_steps(&mut tx, now).await?;
     let mut fired = 0;
     let mut events = Vec::new();
+    let mut escalated = Vec::new();
     for step in &due {
         // The compare-and-set on the notification: an acknowledgement or a
         // cancel that committed first stops the step.
@@ -88,6 +89,7 @@ pub async fn scan(state: &AppState) -> Result<usize, Error> {
             sql::insert_steps(&mut tx, &step.notification_id, &[next]).await?;
         }
         fired += 1;
+        escalated.push(notification.id.clone());
         tracing::info!(notification = %notification.id, level = step.level, emails = addresses.len(), "escalated");
     }
     audit::append_all(&mut tx, events).await?;
@@ -95,7 +97,47 @@ pub async fn scan(state: &AppState) -> Result<usize, Error> {
     if fired > 0 {
         state.outbox_wake.notify_one();
     }
+    for id in &escalated {
+        state.hub.console_update("escalated", Some(id), None).await;
+    }
     Ok(fired)
+}
+
+/// `escalate_when_offline`: a critical notification that reached no socket
+/// has its escalation steps moved so the first is due now instead of at the
+/// acknowledgement deadline, and the audit log says why. The scheduler's
+/// next tick fires it.
+pub async fn start_early_if_offline(
+    state: &AppState,
+    notification: &Notification,
+    sockets_reached: usize,
+) -> Result<bool, Error> {
+    let policy = &state.config.escalation;
+    if !policy.escalate_when_offline
+        || sockets_reached > 0
+        || notification.severity != Severity::Critical
+    {
+        return Ok(false);
+    }
+    let now = Timestamp::now();
+    let by_ms = notification.ack_deadline.millis_since(now).max(0);
+    let mut tx = state.store.begin().await?;
+    let moved = sql::bring_forward(&mut tx, &notification.id, by_ms).await?;
+    audit::append(
+        &mut tx,
+        &AuditEvent::new(Action::EscalationRecipientOffline, now)
+            .by_system()
+            .about(notification)
+            .detail(json!({
+                "recipient": notification.recipient,
+                "stepsMoved": moved,
+                "earlierByMillis": by_ms,
+            })),
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    tracing::info!(notification = %notification.id, "recipient offline; escalating now");
+    Ok(true)
 }
 
 /// Turns a step's targets into addresses: `recipient` becomes the

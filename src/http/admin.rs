@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::extract::{
-    AdminOnly, AnyRole, Authorized, JsonBody, OptionalJsonBody, ServiceOrAdmin, from_json,
+    AdminOnly, AnyRole, Authorized, JsonBody, OptionalJsonBody, QueryParams, Reader,
+    ServiceOrAdmin, from_json,
 };
 use crate::app::AppState;
 use crate::audit::{Action, AuditEvent};
@@ -110,12 +111,45 @@ fn by_user(sockets: Vec<SocketInfo>) -> Vec<Value> {
 
 pub async fn connections(
     State(state): State<AppState>,
-    Authorized(_caller, _): Authorized<ServiceOrAdmin>,
+    Authorized(_caller, _): Authorized<Reader>,
 ) -> Json<Value> {
     let sockets = state.hub.sockets(None).await;
     let total = sockets.len();
     let users = by_user(sockets);
     Json(json!({ "users": users, "totalUsers": users.len(), "totalSockets": total }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceQuery {
+    role: Option<String>,
+}
+
+/// `GET /api/v1/presence?role=`: users with at least one socket, on any
+/// node, with their roles and since when.
+pub async fn presence(
+    State(state): State<AppState>,
+    Authorized(_caller, _): Authorized<Reader>,
+    QueryParams(query): QueryParams<PresenceQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let room = match &query.role {
+        Some(role) => {
+            check_text("role", role, 256)?;
+            Some(role_room(role))
+        }
+        None => None,
+    };
+    let users: Vec<Value> = by_user(state.hub.sockets(room).await)
+        .into_iter()
+        .map(|mut user| {
+            let since = user["connectedAt"].take();
+            let map = user.as_object_mut().expect("an object");
+            map.remove("connectedAt");
+            map.insert("since".into(), since);
+            user
+        })
+        .collect();
+    Ok(Json(json!({ "users": users, "total": users.len() })))
 }
 
 async fn status_of(state: &AppState, user_id: &str) -> Value {

@@ -10,6 +10,7 @@ mod audit;
 pub mod error;
 mod extract;
 mod health;
+mod messages;
 mod notifications;
 mod sessions;
 
@@ -46,6 +47,9 @@ pub fn router(state: AppState) -> Router {
             delete(admin::disconnect_user),
         )
         .route("/me/status", get(admin::me))
+        .route("/presence", get(admin::presence))
+        .route("/messages", post(messages::send))
+        .route("/sessions", get(sessions::list))
         .route(
             "/sessions/{session_id}",
             put(sessions::register)

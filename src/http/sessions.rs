@@ -9,7 +9,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::extract::{AnyRole, Authorized, JsonBody, ServiceOrAdmin, from_json};
+use super::extract::{
+    AnyRole, Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json,
+};
 use crate::app::AppState;
 use crate::auth::roles;
 use crate::error::Error;
@@ -29,7 +31,34 @@ fn view(session: &Session) -> Value {
         "maxLifetime": session.max_lifetime_ms,
         "endedAt": session.ended_at,
         "endReason": session.end_reason,
+        "warned": session.warned_for.is_some(),
     })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListQuery {
+    user_id: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/sessions?userId=&limit=`: active sessions, soonest expiry
+/// first.
+pub async fn list(
+    State(state): State<AppState>,
+    Authorized(_caller, _): Authorized<Reader>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(user) = &query.user_id {
+        check_text("userId", user, 256)?;
+    }
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(FieldError::new("limit", "must be between 1 and 500").into());
+    }
+    let sessions = service::list_active(&state, query.user_id.as_deref(), limit).await?;
+    let items: Vec<Value> = sessions.iter().map(view).collect();
+    Ok(Json(json!({ "items": items })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -107,8 +107,21 @@ pub async fn raise(
             payload,
         )
         .await;
+    let sockets_reached = sent.len();
     let reached: Vec<_> = sent.into_iter().map(|s| (&notification, s)).collect();
     let deliveries = record_deliveries(state, &reached, false).await?;
+    // Stored and delivered already: a failure here leaves escalation at the
+    // deadline, which is still the policy, so the raise stands.
+    if let Err(e) =
+        crate::escalation::service::start_early_if_offline(state, &notification, sockets_reached)
+            .await
+    {
+        tracing::error!(notification = %notification.id, error = %e, "could not start escalation early for an offline recipient");
+    }
+    state
+        .hub
+        .console_update("raised", Some(&notification.id), None)
+        .await;
     Ok(Raised {
         notification,
         created: true,
@@ -237,6 +250,10 @@ pub async fn acknowledge(
                 }),
             )
             .await;
+        state
+            .hub
+            .console_update("acknowledged", Some(id), Some(&caller.user_id))
+            .await;
         return Ok(answer);
     }
     // Not open any more: read what closed it, under the same transaction.
@@ -308,6 +325,7 @@ pub async fn cancel(
             json!({ "notificationId": id, "cancelledAt": now, "reason": reason }),
         )
         .await;
+    state.hub.console_update("cancelled", Some(id), None).await;
     Ok(cancelled)
 }
 

@@ -11,7 +11,7 @@ use socketioxide::socket::{DisconnectReason, Socket};
 use socketioxide::{SendError, SocketError, SocketIo};
 use socketioxide_core::adapter::DefinedAdapter;
 
-use super::{Connection, Sent};
+use super::{Connection, Sent, topics};
 use crate::app::AppState;
 use crate::audit::{Action, AuditEvent};
 use crate::auth::{Identity, TokenError};
@@ -130,6 +130,9 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
             tracing::error!(socket = %socket.id, error = %e, "could not record the session; continuing without it");
         }
     }
+    if state.config.realtime.single_connection_per_user {
+        replace_older_connections(&socket, &state, identity).await;
+    }
     let mut rooms = vec![user_room(&identity.user_id)];
     rooms.extend(identity.roles.iter().map(|role| role_room(role)));
     if let Some(session) = &identity.session_id {
@@ -137,6 +140,9 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
     }
     socket.join(rooms);
     tracing::info!(socket = %socket.id, user = %identity.user_id, "connected");
+    if state.config.realtime.presence_events {
+        announce_presence(&socket, &state, identity, true).await;
+    }
 
     let _ = socket.emit(
         "connected",
@@ -149,6 +155,80 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
         }),
     );
     replay(&socket, &state, identity).await;
+}
+
+/// `single_connection_per_user`: before this socket joins its user's room,
+/// the user's other sockets (on any node) are told why and disconnected.
+async fn replace_older_connections<A: Adapter>(
+    socket: &SocketRef<A>,
+    state: &AppState,
+    identity: &Identity,
+) {
+    let room = user_room(&identity.user_id);
+    let now = Timestamp::now();
+    state
+        .hub
+        .emit(
+            vec![room.clone()],
+            "system_alert",
+            json!({
+                "message": "You signed in on another connection; this one is closed.",
+                "level": "warning",
+                "timestamp": now,
+                "reason": "replaced_by_new_connection",
+            }),
+        )
+        .await;
+    let replaced = state.hub.disconnect(room).await;
+    if replaced == 0 {
+        return;
+    }
+    tracing::info!(socket = %socket.id, user = %identity.user_id, replaced, "older connections replaced");
+    let event = AuditEvent::new(Action::ConnectionReplaced, now)
+        .by(identity)
+        .user(identity.user_id.clone())
+        .session(identity.session_id.as_deref())
+        .detail(json!({ "socketId": socket.id.to_string(), "disconnected": replaced }));
+    if let Err(e) = crate::store::audit::append_alone(&state.store, &event).await {
+        tracing::warn!(error = %e, "could not audit a replaced connection");
+    }
+}
+
+/// `presence_events`: `user_online` when a user's first socket connects,
+/// `user_offline` when the last one goes, to the `role:admin` room.
+async fn announce_presence<A: Adapter>(
+    socket: &SocketRef<A>,
+    state: &AppState,
+    identity: &Identity,
+    online: bool,
+) {
+    let others = state
+        .hub
+        .sockets(Some(user_room(&identity.user_id)))
+        .await
+        .into_iter()
+        .filter(|s| s.socket_id != socket.id.to_string())
+        .count();
+    if others > 0 {
+        return;
+    }
+    let (event, kind) = if online {
+        ("user_online", "connected")
+    } else {
+        ("user_offline", "disconnected")
+    };
+    state
+        .hub
+        .emit(
+            vec![role_room(crate::auth::roles::ADMIN)],
+            event,
+            json!({ "userId": identity.user_id, "roles": identity.roles, "timestamp": Timestamp::now() }),
+        )
+        .await;
+    state
+        .hub
+        .console_update(kind, None, Some(&identity.user_id))
+        .await;
 }
 
 /// Any client event counts as activity on the socket's session.
@@ -243,6 +323,30 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
             }
         },
     );
+    let subscribe_state = state.clone();
+    socket.on(
+        "subscribe",
+        move |socket: SocketRef<A>, TryData(data): TryData<Value>, reply: Reply<A>| {
+            let state = subscribe_state.clone();
+            async move {
+                touch(&socket, &state).await;
+                let result = subscribe(&socket, &state, data.ok());
+                reply.answer("subscribe", result);
+            }
+        },
+    );
+    let unsubscribe_state = state.clone();
+    socket.on(
+        "unsubscribe",
+        move |socket: SocketRef<A>, TryData(data): TryData<Value>, reply: Reply<A>| {
+            let state = unsubscribe_state.clone();
+            async move {
+                touch(&socket, &state).await;
+                let result = unsubscribe(&socket, data.ok());
+                reply.answer("unsubscribe", result);
+            }
+        },
+    );
     let fallback_state = state.clone();
     socket.on_fallback(
         move |socket: SocketRef<A>, Event(event): Event, reply: Reply<A>| {
@@ -261,6 +365,11 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
         async move {
             state.metrics.connected_sockets.dec();
             tracing::info!(socket = %socket.id, %reason, "disconnected");
+            if state.config.realtime.presence_events
+                && let Some(connection) = socket.extensions.get::<Arc<Connection>>()
+            {
+                announce_presence(&socket, &state, &connection.identity, false).await;
+            }
         }
     });
 }
@@ -284,6 +393,42 @@ fn required_string<'a>(data: &'a Value, field: &str) -> Result<&'a str, FieldErr
         Some(_) => Err(FieldError::new(field, "must be a string")),
         None => Err(FieldError::new(field, "is required")),
     }
+}
+
+/// `subscribe { topic }`: joins `topic:{topic}` if the socket's roles may.
+fn subscribe<A: Adapter>(
+    socket: &SocketRef<A>,
+    state: &AppState,
+    data: Option<Value>,
+) -> Result<Value, Error> {
+    let connection = connection_of(socket)?;
+    let data = payload_object(data, "{ topic }")?;
+    let topic = required_string(&data, "topic")?;
+    let realtime = &state.config.realtime;
+    topics::may_subscribe(&connection.identity, topic, &realtime.topics)?;
+    let room = topics::topic_room(topic);
+    let rooms = socket.rooms();
+    if !rooms.iter().any(|r| *r == room)
+        && rooms.iter().filter(|r| r.starts_with("topic:")).count()
+            >= realtime.max_topics_per_socket
+    {
+        return Err(Error::Conflict(format!(
+            "a connection may subscribe to at most {} topics; unsubscribe from one first",
+            realtime.max_topics_per_socket
+        )));
+    }
+    socket.join(room);
+    Ok(json!({ "ok": true, "topic": topic }))
+}
+
+/// `unsubscribe { topic }`: leaves `topic:{topic}` (fine if not joined).
+fn unsubscribe<A: Adapter>(socket: &SocketRef<A>, data: Option<Value>) -> Result<Value, Error> {
+    connection_of(socket)?;
+    let data = payload_object(data, "{ topic }")?;
+    let topic = required_string(&data, "topic")?;
+    topics::check_name(topic)?;
+    socket.leave(topics::topic_room(topic));
+    Ok(json!({ "ok": true, "topic": topic }))
 }
 
 /// `extend_session { sessionId }`: only the token's own session.

@@ -9,6 +9,8 @@
 //! anything itself — it calls the domain functions for that.
 
 mod handlers;
+pub mod messages;
+pub mod topics;
 
 use std::sync::Arc;
 
@@ -52,9 +54,9 @@ pub struct Connection {
 /// Emitting and looking up sockets, whatever the adapter.
 pub trait HubOps: Send + Sync + 'static {
     /// Emits to every socket in any of `rooms`; failures are logged.
-    fn emit(&self, rooms: Vec<String>, event: &'static str, payload: Value) -> BoxFuture<'_, ()>;
+    fn emit<'a>(&'a self, rooms: Vec<String>, event: &'a str, payload: Value) -> BoxFuture<'a, ()>;
     /// Emits to every socket of the namespace.
-    fn emit_all(&self, event: &'static str, payload: Value) -> BoxFuture<'_, ()>;
+    fn emit_all<'a>(&'a self, event: &'a str, payload: Value) -> BoxFuture<'a, ()>;
     /// Emits to each socket in `rooms` one by one and says which were reached.
     fn deliver(
         &self,
@@ -82,6 +84,31 @@ impl Hub {
     /// Disconnects the sockets of one session.
     pub async fn disconnect_session(&self, session_id: &str) -> usize {
         self.0.disconnect(session_room(session_id)).await
+    }
+
+    /// Tells the operator console what changed (`raised`, `acknowledged`,
+    /// `cancelled`, `escalated`, `connected`, `disconnected`, `session`).
+    /// Carries ids only: the console reads details through the API, which
+    /// decides what each role may see.
+    pub async fn console_update(
+        &self,
+        kind: &'static str,
+        notification_id: Option<&str>,
+        user_id: Option<&str>,
+    ) {
+        let payload = serde_json::json!({
+            "kind": kind,
+            "notificationId": notification_id,
+            "userId": user_id,
+            "timestamp": Timestamp::now(),
+        });
+        self.0
+            .emit(
+                vec![topics::topic_room(topics::CONSOLE_TOPIC)],
+                "console_update",
+                payload,
+            )
+            .await;
     }
 }
 
@@ -117,7 +144,7 @@ fn info_from_rooms(socket_id: String, rooms: &[impl AsRef<str>]) -> SocketInfo {
 }
 
 impl<A: Adapter> HubOps for SocketIo<A> {
-    fn emit(&self, rooms: Vec<String>, event: &'static str, payload: Value) -> BoxFuture<'_, ()> {
+    fn emit<'a>(&'a self, rooms: Vec<String>, event: &'a str, payload: Value) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if let Err(e) = self.to(rooms.clone()).emit(event, &payload).await {
                 // The cluster link is down: this daemon's sockets still get it.
@@ -127,7 +154,7 @@ impl<A: Adapter> HubOps for SocketIo<A> {
         })
     }
 
-    fn emit_all(&self, event: &'static str, payload: Value) -> BoxFuture<'_, ()> {
+    fn emit_all<'a>(&'a self, event: &'a str, payload: Value) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if let Err(e) = self.emit(event, &payload).await {
                 tracing::warn!(event, error = %e, "cluster broadcast failed; emitting locally");

@@ -287,6 +287,16 @@ pub async fn get(state: &AppState, id: &str) -> Result<Session, Error> {
         .ok_or_else(|| Error::NotFound(format!("session {id} not found")))
 }
 
+/// Active sessions, soonest expiry first (`GET /api/v1/sessions`).
+pub async fn list_active(
+    state: &AppState,
+    user_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Session>, Error> {
+    let mut conn = state.store.conn().await?;
+    Ok(sql::list_active(&mut conn, user_id, limit).await?)
+}
+
 /// Ends a session now (`DELETE /api/v1/sessions/{id}`): its sockets get
 /// `session_expired` with reason `terminated` and are disconnected.
 pub async fn terminate(state: &AppState, caller: &Identity, id: &str) -> Result<Session, Error> {
@@ -379,6 +389,9 @@ pub async fn scan(state: &AppState) -> Result<(usize, usize), Error> {
                 }),
             )
             .await;
+    }
+    if !expired.is_empty() || !warned.is_empty() {
+        state.hub.console_update("session", None, None).await;
     }
     Ok((expired.len(), warned.len()))
 }

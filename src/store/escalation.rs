@@ -90,6 +90,24 @@ pub async fn claim_due_steps(
     Ok(steps)
 }
 
+/// Moves a notification's scheduled steps `by_ms` earlier; returns how many
+/// moved.
+pub async fn bring_forward(
+    conn: &mut AnyConnection,
+    notification_id: &str,
+    by_ms: i64,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE escalation_steps SET due_at = due_at - $2 \
+         WHERE notification_id = $1 AND state = 'scheduled'",
+    )
+    .bind(notification_id)
+    .bind(by_ms)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
 /// Marks a claimed step as not sent because its notification was closed.
 pub async fn stop_step(conn: &mut AnyConnection, seq: i64) -> Result<(), StoreError> {
     sqlx::query("UPDATE escalation_steps SET state = 'stopped' WHERE seq = $1")

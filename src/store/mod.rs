@@ -102,6 +102,7 @@ const MIGRATIONS: &[Embedded] = &[
     migration!(1, "core", "0001_core.sql"),
     migration!(2, "sessions", "0002_sessions.sql"),
     migration!(3, "escalation", "0003_escalation.sql"),
+    migration!(4, "realtime", "0004_realtime.sql"),
 ];
 
 impl Store {

@@ -86,6 +86,29 @@ pub async fn find(conn: &mut AnyConnection, id: &str) -> Result<Option<Session>,
     Ok(row.as_ref().map(from_row).transpose()?)
 }
 
+/// Active sessions, soonest expiry first; of one user when `user_id` is set.
+pub async fn list_active(
+    conn: &mut AnyConnection,
+    user_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Session>, StoreError> {
+    let filter = if user_id.is_some() {
+        "AND user_id = $2"
+    } else {
+        ""
+    };
+    let mut query = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM sessions WHERE state = 'active' {filter} \
+         ORDER BY expires_at, id LIMIT $1"
+    )))
+    .bind(limit);
+    if let Some(user) = user_id {
+        query = query.bind(user);
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+}
+
 /// Records activity at `at`: moves the expiry (within the maximum
 /// lifetime) and the next due time. Returns the new expiry, or `None` when
 /// the session is not active (or already has later activity).

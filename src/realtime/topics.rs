@@ -1,0 +1,160 @@
+//! Topics: rooms `topic:{name}` a socket joins on request (one study, one
+//! worklist), and which roles may join which topics.
+//!
+//! Owns: topic-name rules and the role → pattern check.
+//! Never: let a configured pattern open a topic readback reserves for
+//! itself (`readback.*`).
+
+use std::collections::BTreeMap;
+
+use wildmatch::WildMatch;
+
+use crate::auth::{Identity, roles};
+use crate::error::Error;
+use crate::notifications::FieldError;
+
+/// The operator console's live feed: admins and auditors only.
+pub const CONSOLE_TOPIC: &str = "readback.console";
+/// Topics under this prefix are readback's own.
+pub const RESERVED_TOPIC_PREFIX: &str = "readback.";
+const MAX_TOPIC_LEN: usize = 200;
+
+pub fn topic_room(topic: &str) -> String {
+    format!("topic:{topic}")
+}
+
+fn valid_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "._:/@+-".contains(c)
+}
+
+/// A topic name: 1–200 of `A-Z a-z 0-9 . _ : / @ + -`.
+pub fn check_name(topic: &str) -> Result<(), FieldError> {
+    if topic.is_empty() || topic.len() > MAX_TOPIC_LEN {
+        return Err(FieldError::new(
+            "topic",
+            format!("must be 1 to {MAX_TOPIC_LEN} characters"),
+        ));
+    }
+    if !topic.chars().all(valid_char) {
+        return Err(FieldError::new(
+            "topic",
+            "may only contain letters, digits and . _ : / @ + -",
+        ));
+    }
+    Ok(())
+}
+
+/// A configured pattern: a topic name in which `*` matches anything.
+pub fn check_pattern(pattern: &str) -> Result<(), &'static str> {
+    if pattern.is_empty() || pattern.len() > MAX_TOPIC_LEN {
+        return Err("must be 1 to 200 characters");
+    }
+    if !pattern.chars().all(|c| c == '*' || valid_char(c)) {
+        return Err("may only contain letters, digits, . _ : / @ + - and *");
+    }
+    Ok(())
+}
+
+/// May `identity` subscribe to `topic`, given role → patterns?
+pub fn may_subscribe(
+    identity: &Identity,
+    topic: &str,
+    allowed: &BTreeMap<String, Vec<String>>,
+) -> Result<(), Error> {
+    check_name(topic)?;
+    if topic == CONSOLE_TOPIC {
+        return if identity.has_any_role(&[roles::ADMIN, roles::AUDITOR]) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "`{CONSOLE_TOPIC}` is for the admin and auditor roles"
+            )))
+        };
+    }
+    if topic.starts_with(RESERVED_TOPIC_PREFIX) {
+        return Err(Error::Forbidden(format!(
+            "topics starting with `{RESERVED_TOPIC_PREFIX}` are reserved"
+        )));
+    }
+    let granted = identity.roles.iter().any(|role| {
+        allowed
+            .get(role)
+            .is_some_and(|patterns| patterns.iter().any(|p| WildMatch::new(p).matches(topic)))
+    });
+    if granted {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(format!(
+            "your roles may not subscribe to topic `{topic}`"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(roles: &[&str]) -> Identity {
+        Identity {
+            user_id: "u".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            session_id: None,
+            email: None,
+            name: None,
+        }
+    }
+
+    fn policy() -> BTreeMap<String, Vec<String>> {
+        BTreeMap::from([
+            (
+                "radiologist".to_string(),
+                vec!["study:*".to_string(), "worklist:*".to_string()],
+            ),
+            ("admin".to_string(), vec!["*".to_string()]),
+        ])
+    }
+
+    #[test]
+    fn roles_reach_only_their_patterns() {
+        let radiologist = identity(&["radiologist"]);
+        assert!(may_subscribe(&radiologist, "study:1.2.840.1", &policy()).is_ok());
+        assert!(may_subscribe(&radiologist, "worklist:ct", &policy()).is_ok());
+        assert!(matches!(
+            may_subscribe(&radiologist, "billing:1", &policy()),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(matches!(
+            may_subscribe(&identity(&["technologist"]), "study:1", &policy()),
+            Err(Error::Forbidden(_))
+        ));
+    }
+
+    #[test]
+    fn reserved_topics_are_not_opened_by_patterns() {
+        let admin = identity(&["admin"]);
+        assert!(may_subscribe(&admin, CONSOLE_TOPIC, &policy()).is_ok());
+        assert!(may_subscribe(&identity(&["auditor"]), CONSOLE_TOPIC, &policy()).is_ok());
+        assert!(matches!(
+            may_subscribe(&admin, "readback.other", &policy()),
+            Err(Error::Forbidden(_))
+        ));
+        let everything = BTreeMap::from([("radiologist".to_string(), vec!["*".to_string()])]);
+        assert!(matches!(
+            may_subscribe(&identity(&["radiologist"]), CONSOLE_TOPIC, &everything),
+            Err(Error::Forbidden(_))
+        ));
+    }
+
+    #[test]
+    fn names_are_checked_before_permissions() {
+        let admin = identity(&["admin"]);
+        for bad in ["", "has space", "quote\"", &"x".repeat(201)] {
+            assert!(matches!(
+                may_subscribe(&admin, bad, &policy()),
+                Err(Error::Invalid(_))
+            ));
+        }
+        assert!(check_pattern("study:*").is_ok());
+        assert!(check_pattern("stu dy").is_err());
+    }
+}
