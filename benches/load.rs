@@ -576,11 +576,29 @@ async fn churn(figures: &mut Figures, client: &reqwest::Client, base: &str, serv
     for viewer in viewers {
         viewer.abort();
     }
+    // An acknowledgement whose answer was lost with its connection is still
+    // an acknowledgement: ask the server about the ones not confirmed.
+    let mut recorded = 0;
+    for id in raised.difference(&acknowledged) {
+        let state = client
+            .get(format!("{base}/api/v1/notifications/{id}"))
+            .bearer_auth(service)
+            .send()
+            .await
+            .ok();
+        let state: Option<Value> = match state {
+            Some(reply) => reply.json().await.ok(),
+            None => None,
+        };
+        if state.is_some_and(|s| s["state"] == "acknowledged") {
+            recorded += 1;
+        }
+    }
     figures.churn_raised = raised.len();
     figures.churn_received = received.intersection(&raised).count();
-    figures.churn_acknowledged = acknowledged.intersection(&raised).count();
+    figures.churn_acknowledged = acknowledged.intersection(&raised).count() + recorded;
     eprintln!(
-        "{}: churn: {} raised, {} received, {} acknowledged",
+        "{}: churn: {} raised, {} received, {} acknowledged ({recorded} of them with the answer lost in a disconnect)",
         figures.database, figures.churn_raised, figures.churn_received, figures.churn_acknowledged
     );
 }

@@ -42,6 +42,8 @@ pub struct AppState {
     pub outbox_wake: Arc<tokio::sync::Notify>,
     /// When the scheduler last started a tick (ms): the watchdog's proof of life.
     pub scheduler_heartbeat: Arc<std::sync::atomic::AtomicI64>,
+    /// Raises are committed in groups through this one queue.
+    pub raises: crate::notifications::committer::RaiseCommitter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +84,12 @@ impl Application {
             crate::clock::Timestamp::now().as_millis(),
         ));
         let mailer = Mailer::from_config(&config.smtp).map_err(StartError::Smtp)?;
-        let sockets = SocketIo::builder().max_payload(config.server.max_socket_message_bytes);
+        let sockets = SocketIo::builder()
+            .max_payload(config.server.max_socket_message_bytes)
+            // Viewer traffic is small JSON; a 4 KiB read buffer per socket
+            // was 3 KB of the per-socket memory (docs/benchmarks.md).
+            .ws_read_buffer_size(1024);
+        let raises = crate::notifications::committer::RaiseCommitter::start(store.clone());
         let state_for = |hub: Hub| AppState {
             config: config.clone(),
             store: store.clone(),
@@ -91,6 +98,7 @@ impl Application {
             metrics: metrics.clone(),
             outbox_wake: outbox_wake.clone(),
             scheduler_heartbeat: scheduler_heartbeat.clone(),
+            raises: raises.clone(),
         };
         let (router, state) = match (store.backend(), &config.cluster.redis_url) {
             // Daemons share their rooms through Redis.

@@ -19,7 +19,75 @@ both_databases!(
     replay_survives_sigkill_and_restart,
     concurrent_acks_from_two_tabs_make_one_acknowledgement,
     a_long_backlog_is_replayed_whole_and_in_order,
+    concurrent_raises_are_each_stored_once,
 );
+
+/// Raises arriving together are committed together: each distinct one is
+/// stored once with its audit row, a concurrent retry of the same id gets
+/// the same notification back, and a different body under that id is
+/// refused.
+async fn concurrent_raises_are_each_stored_once(db: Db) {
+    let env = TestEnv::new(db).await;
+    let daemon = env.start().await;
+    let http = Http::default();
+    let mut requests = Vec::new();
+    for i in 0..60 {
+        // ids 0..20, each sent three times: twice the same body, once another.
+        let n = i % 20;
+        let title = if i >= 40 { "different" } else { "same" };
+        let body = json!({
+            "id": format!("batch-{n}"),
+            "recipient": { "userId": format!("user-{n}") },
+            "severity": "critical",
+            "title": title,
+        });
+        let (http, url) = (http.clone(), daemon.api("/notifications"));
+        requests.push(tokio::spawn(async move {
+            (n, title, http.post(&url, &service_token(), &body).await)
+        }));
+    }
+    let mut created = std::collections::HashMap::new();
+    for request in requests {
+        let (n, title, reply) = request.await.unwrap();
+        match reply.status {
+            201 | 200 => {
+                assert_eq!(reply.body["id"], format!("batch-{n}"));
+                if reply.status == 201 {
+                    *created.entry(n).or_insert(0) += 1;
+                }
+                // Whichever body won, the answer is that body.
+                let stored = reply.body["title"].as_str().unwrap();
+                assert!(stored == title || reply.status == 200, "{}", reply.body);
+            }
+            409 => {}
+            other => panic!("raise {n}: {other} {}", reply.body),
+        }
+    }
+    assert_eq!(created.len(), 20, "{created:?}");
+    assert!(created.values().all(|count| *count == 1), "{created:?}");
+    assert_eq!(
+        env.count(
+            "SELECT COUNT(*) FROM notifications WHERE id LIKE $1",
+            "batch-%"
+        )
+        .await,
+        20
+    );
+    assert_eq!(
+        env.count(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'notification.raised' AND notification_id LIKE $1",
+            "batch-%"
+        )
+        .await,
+        20
+    );
+    let verified = std::process::Command::new(env!("CARGO_BIN_EXE_readbackd"))
+        .args(["audit", "verify", "--config"])
+        .arg(daemon.config())
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{verified:?}");
+}
 
 /// More pending notifications than a socket's send buffer holds (128): all
 /// of them arrive, oldest first.

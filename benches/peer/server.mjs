@@ -8,8 +8,15 @@ import jwt from "jsonwebtoken";
 
 const secret = process.argv[2];
 const pending = new Map(); // userId -> Map(id -> notification)
+const acknowledged = new Set(); // ids
 
 const server = http.createServer((req, res) => {
+  const lookup = req.method === "GET" && req.url.match(/^\/api\/v1\/notifications\/([^/]+)$/);
+  if (lookup) {
+    const state = acknowledged.has(lookup[1]) ? "acknowledged" : "pending";
+    res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ id: lookup[1], state }));
+    return;
+  }
   if (req.method !== "POST" || req.url !== "/api/v1/notifications") {
     res.writeHead(404).end();
     return;
@@ -52,7 +59,7 @@ io.on("connection", (socket) => {
     socket.emit("critical_notification", { ...notification, replayed: true });
   }
   socket.on("acknowledge_notification", (data, ack) => {
-    pending.get(userId)?.delete(data?.notificationId);
+    if (pending.get(userId)?.delete(data?.notificationId)) acknowledged.add(data.notificationId);
     if (typeof ack === "function") ack({ ok: true, notificationId: data?.notificationId });
   });
 });

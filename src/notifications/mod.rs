@@ -7,6 +7,7 @@
 //! Never: touch the network or the database from the plain functions here,
 //! so every rule is tested without either.
 
+pub mod committer;
 pub mod service;
 
 use std::fmt;

@@ -47,54 +47,42 @@ pub async fn raise(
         },
     )?;
 
-    let mut tx = state.store.begin().await?;
-    let Some(notification) = sql::insert(&mut tx, &new).await? else {
+    // The escalation plan is written with the notification: the policy in
+    // force now is the one it follows, whatever the config says later.
+    let steps = crate::escalation::plan(&state.config.escalation, new.ack_deadline);
+    let (id, idempotency_key, request_hash) = (
+        new.id.clone(),
+        new.idempotency_key.clone(),
+        new.request_hash.clone(),
+    );
+    let Some(notification) = state.raises.insert(new, steps, caller).await? else {
         // The id or the idempotency key is taken: a retry gets the first
         // notification back, a different body under the same key is refused.
-        let existing = match sql::find(&mut tx, &new.id).await? {
+        let mut conn = state.store.conn().await?;
+        let existing = match sql::find(&mut conn, &id).await? {
             Some(found) => Some(found),
-            None => match &new.idempotency_key {
-                Some(key) => sql::find_by_idempotency_key(&mut tx, key).await?,
+            None => match &idempotency_key {
+                Some(key) => sql::find_by_idempotency_key(&mut conn, key).await?,
                 None => None,
             },
         };
-        tx.rollback().await.map_err(StoreError::from)?;
         let existing = existing.ok_or_else(|| {
             Error::Conflict("the notification id or idempotency key is already in use".into())
         })?;
-        if existing.request_hash != new.request_hash {
+        if existing.request_hash != request_hash {
             return Err(Error::Conflict(format!(
                 "notification {} was already raised with a different body; \
                  an id or Idempotency-Key may only be retried with the same body",
                 existing.id
             )));
         }
-        let deliveries = sql::deliveries(&mut *state.store.conn().await?, &existing.id).await?;
+        let deliveries = sql::deliveries(&mut conn, &existing.id).await?;
         return Ok(Raised {
             notification: existing,
             created: false,
             deliveries,
         });
     };
-    // The escalation plan is written with the notification: the policy in
-    // force now is the one it follows, whatever the config says later.
-    let steps = crate::escalation::plan(&state.config.escalation, notification.ack_deadline);
-    crate::store::escalation::insert_steps(&mut tx, &notification.id, &steps).await?;
-    audit::append(
-        &mut tx,
-        &AuditEvent::new(Action::NotificationRaised, now)
-            .by(caller)
-            .about(&notification)
-            .detail(json!({
-                "severity": notification.severity,
-                "recipient": notification.recipient,
-                "ackDeadline": notification.ack_deadline,
-                "idempotencyKey": new.idempotency_key,
-                "escalationLevels": steps.len(),
-            })),
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
     state.metrics.raised(notification.severity.as_str());
     tracing::info!(notification = %notification.id, severity = %notification.severity, "raised");
 

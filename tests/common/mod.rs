@@ -270,6 +270,7 @@ pub fn admin_token() -> String {
 }
 
 /// HTTP helpers over reqwest.
+#[derive(Clone)]
 pub struct Http {
     client: reqwest::Client,
 }
