@@ -735,6 +735,50 @@ async fn main() {
             )
         },
     );
+    let peer_rate = all
+        .iter()
+        .find(|f| f.database.starts_with("Node"))
+        .map(|peer| peer.raises_per_sec);
+    out.push_str("\nGoals, met or missed:\n\n");
+    for f in all.iter().filter(|f| f.database.starts_with("readback")) {
+        let verdict = |met: bool| if met { "met" } else { "**missed**" };
+        let mut goals = vec![
+            format!("cold start {}", verdict(f.cold_start_ms <= 300.0)),
+            format!("idle RSS {}", verdict(f.idle_rss_mb <= 20.0)),
+            format!("memory per socket {}", verdict(f.rss_per_socket_kb <= 12.0)),
+            format!(
+                "receipt p99 {}",
+                verdict(f.latency_p99_ms > 0.0 && f.latency_p99_ms <= 10.0)
+            ),
+            format!(
+                "replay {}",
+                verdict(f.replay_1000_ms > 0.0 && f.replay_1000_ms <= 500.0)
+            ),
+            format!(
+                "reconnect storm {}",
+                verdict(
+                    f.storm_sockets == f.sockets
+                        && f.storm_replayed == f.sockets
+                        && f.storm_secs <= 30.0
+                )
+            ),
+            format!(
+                "forced disconnects {}",
+                verdict(
+                    f.churn_raised > 0
+                        && f.churn_received == f.churn_raised
+                        && f.churn_acknowledged == f.churn_raised
+                )
+            ),
+        ];
+        if let Some(peer_rate) = peer_rate {
+            goals.push(format!(
+                "raises/s {}",
+                verdict(f.raises_per_sec >= 3.0 * peer_rate)
+            ));
+        }
+        let _ = writeln!(out, "- {}: {}", f.database, goals.join(", "));
+    }
     if let Some(peer) = all.iter().find(|f| f.database.starts_with("Node")) {
         out.push_str("\nRatios, readback ÷ peer:\n\n");
         for f in all.iter().filter(|f| f.database.starts_with("readback")) {
@@ -761,6 +805,10 @@ async fn main() {
          run each viewer acknowledges everything it receives and drops its connection every 5 s \
          (phases spread over the period); afterwards viewers stay connected for up to 30 s so \
          what is pending is replayed and acknowledged.\n",
+    );
+    out.push_str(
+        "\nProfiles of the misses and what was changed because of them: \
+         [performance.md](performance.md).\n",
     );
     println!("{out}");
     if std::env::var("LOAD_PHASES").is_ok() || std::env::var("LOAD_TARGETS").is_ok() {
