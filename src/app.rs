@@ -42,8 +42,9 @@ pub struct AppState {
     pub outbox_wake: Arc<tokio::sync::Notify>,
     /// When the scheduler last started a tick (ms): the watchdog's proof of life.
     pub scheduler_heartbeat: Arc<std::sync::atomic::AtomicI64>,
-    /// Raises are committed in groups through this one queue.
-    pub raises: crate::notifications::committer::RaiseCommitter,
+    /// Raises and delivery records are committed in groups through this
+    /// one queue.
+    pub writes: crate::notifications::committer::Committer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +90,7 @@ impl Application {
             // Viewer traffic is small JSON; a 4 KiB read buffer per socket
             // was 3 KB of the per-socket memory (docs/benchmarks.md).
             .ws_read_buffer_size(1024);
-        let raises = crate::notifications::committer::RaiseCommitter::start(store.clone());
+        let writes = crate::notifications::committer::Committer::start(store.clone());
         let state_for = |hub: Hub| AppState {
             config: config.clone(),
             store: store.clone(),
@@ -98,7 +99,7 @@ impl Application {
             metrics: metrics.clone(),
             outbox_wake: outbox_wake.clone(),
             scheduler_heartbeat: scheduler_heartbeat.clone(),
-            raises: raises.clone(),
+            writes: writes.clone(),
         };
         let (router, state) = match (store.backend(), &config.cluster.redis_url) {
             // Daemons share their rooms through Redis.

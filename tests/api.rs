@@ -270,8 +270,9 @@ async fn sigterm_drains_and_exits_zero(db: Db) {
     assert_eq!(stored.body["state"], "pending");
 }
 
-/// The database going away: the raise answers 503 and stores nothing.
-/// PostgreSQL only — it is the database that can go away under a running
+/// The database going away: the raise answers 503 and stores nothing, and
+/// a viewer connecting meanwhile gets its backlog once the database is
+/// back, without reconnecting. PostgreSQL only — it is the database that can go away under a running
 /// daemon (SQLite is a file in the daemon's own directory).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_answers_503_and_stores_nothing() {
@@ -301,6 +302,9 @@ async fn an_unreachable_database_answers_503_and_stores_nothing() {
             .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
     let daemon = env.start().await;
     let http = Http::default();
+    let waiting = http
+        .raise(&daemon, json!({ "userId": "alice" }), "raised before")
+        .await;
     admin
         .execute(sqlx::AssertSqlSafe(format!(
             "ALTER DATABASE {database} WITH CONNECTION LIMIT 0"
@@ -330,6 +334,10 @@ async fn an_unreachable_database_answers_503_and_stores_nothing() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 503);
+    let clients = Clients::start(&daemon).await;
+    clients
+        .connect("alice", &token("alice", &["radiologist"], None))
+        .await;
 
     admin
         .execute(sqlx::AssertSqlSafe(format!(
@@ -344,6 +352,9 @@ async fn an_unreachable_database_answers_503_and_stores_nothing() {
         )
         .await;
     assert_eq!(lookup.status, 404, "nothing half-stored: {}", lookup.body);
+    let replayed = clients.next_event("alice", "critical_notification").await;
+    assert_eq!(replayed["id"], waiting["id"]);
+    assert_eq!(replayed["replayed"], true);
 }
 
 #[test]

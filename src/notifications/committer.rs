@@ -1,14 +1,16 @@
-//! Group commit of raises: concurrent raises share one transaction.
+//! Group commit: concurrent raises and delivery records share one
+//! transaction.
 //!
 //! Every raise must be committed before its `201`. One transaction (and on
-//! SQLite one fsync) per raise made the disk the limit; here a single task
-//! takes every raise waiting in its queue — up to [`MAX_BATCH`] — writes
-//! them in one transaction with their escalation steps and audit rows, and
-//! answers each after the commit. Nothing waits for a batch to fill: a lone
-//! raise is committed at once, and batches form only while a commit is in
-//! flight. A batch that fails on a database error is retried one raise per
-//! transaction, so one bad raise cannot fail its neighbours.
-//! Never: answer a raise before its transaction has committed.
+//! SQLite one fsync, on PostgreSQL one turn at the audit chain's head row)
+//! per raise or per delivery made those the limit; here a single task takes
+//! every write waiting in its queue — up to [`MAX_BATCH`] — writes them in
+//! one transaction with their escalation steps and audit rows, and answers
+//! each after the commit. Nothing waits for a batch to fill: a lone write is
+//! committed at once, and batches form only while a commit is in flight. A
+//! batch that fails on a database error is retried one write per
+//! transaction, so one bad write cannot fail its neighbours.
+//! Never: answer a write before its transaction has committed.
 
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -17,27 +19,62 @@ use super::{NewNotification, Notification};
 use crate::audit::{Action, AuditEvent};
 use crate::auth::Identity;
 use crate::escalation::PlannedStep;
+use crate::store::notifications::Delivery;
 use crate::store::{Store, StoreError, audit};
 use crate::store::{escalation as escalation_sql, notifications as sql};
 
 /// Most raises in one transaction.
 pub const MAX_BATCH: usize = 64;
 
-/// A raise waiting for its commit.
-struct Job {
-    new: NewNotification,
-    steps: Vec<PlannedStep>,
-    caller: Identity,
-    reply: oneshot::Sender<Result<Option<Notification>, StoreError>>,
+/// A write waiting for its commit.
+enum Job {
+    Raise {
+        new: Box<NewNotification>,
+        steps: Vec<PlannedStep>,
+        caller: Identity,
+        reply: oneshot::Sender<Result<Option<Notification>, StoreError>>,
+    },
+    /// Delivery rows, each with its `notification.delivered` or
+    /// `notification.replayed` audit row.
+    Deliveries {
+        records: Vec<(Delivery, AuditEvent)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
-/// The handle raises are committed through.
+/// What one job's part of a committed transaction produced.
+enum Written {
+    Raise(Option<Box<Notification>>),
+    Deliveries,
+}
+
+impl Job {
+    fn answer(self, result: Result<Written, StoreError>) {
+        match self {
+            Job::Raise { reply, .. } => {
+                let _ = reply.send(result.map(|written| match written {
+                    Written::Raise(inserted) => inserted.map(|boxed| *boxed),
+                    Written::Deliveries => None,
+                }));
+            }
+            Job::Deliveries { reply, .. } => {
+                let _ = reply.send(result.map(|_| ()));
+            }
+        }
+    }
+}
+
+/// The handle writes are committed through.
 #[derive(Clone)]
-pub struct RaiseCommitter {
+pub struct Committer {
     queue: mpsc::Sender<Job>,
 }
 
-impl RaiseCommitter {
+fn stopped() -> StoreError {
+    StoreError::Unavailable(sqlx::Error::PoolClosed)
+}
+
+impl Committer {
     /// Starts the committing task on the current runtime.
     pub fn start(store: Store) -> Self {
         let (queue, jobs) = mpsc::channel(4 * MAX_BATCH);
@@ -54,13 +91,23 @@ impl RaiseCommitter {
         caller: &Identity,
     ) -> Result<Option<Notification>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job {
-            new,
+        let job = Job::Raise {
+            new: Box::new(new),
             steps,
             caller: caller.clone(),
             reply,
         };
-        let stopped = || StoreError::Unavailable(sqlx::Error::PoolClosed);
+        self.queue.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Stores delivery rows with their audit rows.
+    pub async fn record_deliveries(
+        &self,
+        records: Vec<(Delivery, AuditEvent)>,
+    ) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Deliveries { records, reply };
         self.queue.send(job).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -71,51 +118,65 @@ async fn run(store: Store, mut jobs: mpsc::Receiver<Job>) {
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
         match commit(&store, &batch).await {
             Ok(results) => {
-                for (job, result) in batch.drain(..).zip(results) {
-                    let _ = job.reply.send(Ok(result));
+                for (job, written) in batch.drain(..).zip(results) {
+                    job.answer(Ok(written));
                 }
             }
             Err(StoreError::Query(_)) if batch.len() > 1 => {
                 for job in batch.drain(..) {
                     let result = commit(&store, std::slice::from_ref(&job))
                         .await
-                        .map(|mut one| one.pop().flatten());
-                    let _ = job.reply.send(result);
+                        .map(|mut one| one.pop().expect("one result per job"));
+                    job.answer(result);
                 }
             }
             Err(error) => {
-                tracing::warn!(error = %error, raises = batch.len(), "could not commit raises");
+                tracing::warn!(error = %error, writes = batch.len(), "could not commit");
                 for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(same_error(&error)));
+                    job.answer(Err(same_error(&error)));
                 }
             }
         }
     }
 }
 
-/// One transaction for `batch`: each raise's row, steps and audit row.
-async fn commit(store: &Store, batch: &[Job]) -> Result<Vec<Option<Notification>>, StoreError> {
+/// One transaction for `batch`: each raise's row, steps and audit row;
+/// each delivery's row and audit row.
+async fn commit(store: &Store, batch: &[Job]) -> Result<Vec<Written>, StoreError> {
     let mut tx = store.begin().await?;
     let mut results = Vec::with_capacity(batch.len());
     let mut events = Vec::with_capacity(batch.len());
     for job in batch {
-        let inserted = sql::insert(&mut tx, &job.new).await?;
-        if let Some(notification) = &inserted {
-            escalation_sql::insert_steps(&mut tx, &notification.id, &job.steps).await?;
-            events.push(
-                AuditEvent::new(Action::NotificationRaised, notification.created_at)
-                    .by(&job.caller)
-                    .about(notification)
-                    .detail(json!({
-                        "severity": notification.severity,
-                        "recipient": notification.recipient,
-                        "ackDeadline": notification.ack_deadline,
-                        "idempotencyKey": job.new.idempotency_key,
-                        "escalationLevels": job.steps.len(),
-                    })),
-            );
+        match job {
+            Job::Raise {
+                new, steps, caller, ..
+            } => {
+                let inserted = sql::insert(&mut tx, new).await?;
+                if let Some(notification) = &inserted {
+                    escalation_sql::insert_steps(&mut tx, &notification.id, steps).await?;
+                    events.push(
+                        AuditEvent::new(Action::NotificationRaised, notification.created_at)
+                            .by(caller)
+                            .about(notification)
+                            .detail(json!({
+                                "severity": notification.severity,
+                                "recipient": notification.recipient,
+                                "ackDeadline": notification.ack_deadline,
+                                "idempotencyKey": new.idempotency_key,
+                                "escalationLevels": steps.len(),
+                            })),
+                    );
+                }
+                results.push(Written::Raise(inserted.map(Box::new)));
+            }
+            Job::Deliveries { records, .. } => {
+                for (delivery, event) in records {
+                    sql::insert_delivery(&mut tx, delivery).await?;
+                    events.push(event.clone());
+                }
+                results.push(Written::Deliveries);
+            }
         }
-        results.push(inserted);
     }
     audit::append_all(&mut tx, events).await?;
     tx.commit().await?;

@@ -55,7 +55,7 @@ pub async fn raise(
         new.idempotency_key.clone(),
         new.request_hash.clone(),
     );
-    let Some(notification) = state.raises.insert(new, steps, caller).await? else {
+    let Some(notification) = state.writes.insert(new, steps, caller).await? else {
         // The id or the idempotency key is taken: a retry gets the first
         // notification back, a different body under the same key is refused.
         let mut conn = state.store.conn().await?;
@@ -135,30 +135,27 @@ pub async fn record_deliveries(
     } else {
         Action::NotificationDelivered
     };
-    let mut deliveries = Vec::with_capacity(reached.len());
-    let mut events = Vec::with_capacity(reached.len());
-    let mut tx = state.store.begin().await?;
-    for (notification, socket) in reached {
-        let delivery = Delivery {
-            notification_id: notification.id.clone(),
-            user_id: socket.user_id.clone(),
-            socket_id: socket.socket_id.clone(),
-            delivered_at: now,
-            replayed,
-        };
-        sql::insert_delivery(&mut tx, &delivery).await?;
-        events.push(
-            AuditEvent::new(action, now)
+    let records: Vec<(Delivery, AuditEvent)> = reached
+        .iter()
+        .map(|(notification, socket)| {
+            let delivery = Delivery {
+                notification_id: notification.id.clone(),
+                user_id: socket.user_id.clone(),
+                socket_id: socket.socket_id.clone(),
+                delivered_at: now,
+                replayed,
+            };
+            let event = AuditEvent::new(action, now)
                 .by_system()
                 .user(socket.user_id.clone())
                 .about(notification)
                 .session(socket.session_id.as_deref())
-                .detail(json!({ "socketId": socket.socket_id })),
-        );
-        deliveries.push(delivery);
-    }
-    audit::append_all(&mut tx, events).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+                .detail(json!({ "socketId": socket.socket_id }));
+            (delivery, event)
+        })
+        .collect();
+    let deliveries: Vec<Delivery> = records.iter().map(|(d, _)| d.clone()).collect();
+    state.writes.record_deliveries(records).await?;
     for _ in &deliveries {
         state.metrics.delivered(replayed);
     }

@@ -240,11 +240,22 @@ async fn touch<A: Adapter>(socket: &SocketRef<A>, state: &AppState) -> Option<Ti
 /// Sends every open notification of the user (direct or through a role),
 /// oldest first, marked `replayed`.
 async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &Identity) {
-    let pending = match service::pending_for(state, identity).await {
-        Ok(pending) => pending,
-        Err(e) => {
-            tracing::error!(socket = %socket.id, error = %e, "replay failed; the client gets it on its next connect");
-            return;
+    // A connected viewer must get its backlog: while the database is busy
+    // or away (a reconnect storm, a failover), retry for as long as the
+    // socket stays connected. A socket that goes meanwhile gets it on its
+    // next connect.
+    let mut retry_in = std::time::Duration::from_millis(100);
+    let pending = loop {
+        match service::pending_for(state, identity).await {
+            Ok(pending) => break pending,
+            Err(e) => {
+                if !socket.connected() {
+                    return;
+                }
+                tracing::warn!(socket = %socket.id, error = %e, ?retry_in, "replay failed; retrying");
+                tokio::time::sleep(retry_in).await;
+                retry_in = (retry_in * 2).min(std::time::Duration::from_secs(5));
+            }
         }
     };
     let sent = Sent {
