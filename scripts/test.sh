@@ -16,12 +16,14 @@ command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs np
 command -v systemd-analyze >/dev/null || apt_install systemd
 # Redis for the scale-out tests (the tests start their own servers).
 command -v redis-server >/dev/null || apt_install redis-server
+# Headless Chromium (with a font to render text) for the console's browser test.
+command -v chromium >/dev/null || apt_install chromium fonts-liberation
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 # The SMTP server the escalation tests send to.
 python3 -c 'import aiosmtpd' 2>/dev/null ||
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore aiosmtpd==1.4.6
 
-log "test clients (socket.io-client)"
+log "test clients (socket.io-client, playwright-core)"
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 
 log "PostgreSQL on loopback"

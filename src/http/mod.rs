@@ -7,6 +7,7 @@
 
 mod admin;
 mod audit;
+mod console;
 pub mod error;
 mod extract;
 mod health;
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .nest("/api/v1", api)
+        .merge(console::routes())
         .fallback(async || ApiError::NoRoute)
         .method_not_allowed_fallback(async || ApiError::MethodNotAllowed)
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
