@@ -242,7 +242,8 @@
     $("#who").textContent = `Signed in as ${payload.sub ?? "?"} (${state.roles.join(", ") || "no role"})`;
     $("#admin-actions").hidden = !state.roles.includes("admin");
     setStatus("Connecting…");
-    const socket = io({ auth: { token }, transports: ["websocket"] });
+    // forceNew: a new token must not reuse the previous connection.
+    const socket = io({ auth: { token }, transports: ["websocket"], forceNew: true });
     state.socket = socket;
     socket.on("connect", () => {
       socket.emit("subscribe", { topic: "readback.console" }, (answer) => {

@@ -129,7 +129,33 @@ try {
   await page.waitForSelector(row, { state: "detached", timeout: 2000 });
   findings.removedMs = Date.now() - acknowledgedAt;
   await page.waitForSelector("#acks tbody tr:has-text('Console check')", { timeout: 2000 });
+
+  // The admin actions, through the page's own forms.
+  await page.fill("#raise-form input[name=userId]", "dave");
+  await page.fill("#raise-form input[name=title]", "Raised from the console");
+  await page.click("#raise-form button");
+  await page.waitForSelector("#findings tbody tr:has-text('Raised from the console')", { timeout: 2000 });
+  const alert = new Promise((resolve) => alice.once("system_alert", resolve));
+  await page.fill("#broadcast-form input[name=message]", "Reading room 2 closes at 18:00");
+  await page.selectOption("#broadcast-form select[name=level]", "warning");
+  await page.click("#broadcast-form button");
+  const alerted = await alert;
+  check(alerted.message === "Reading room 2 closes at 18:00" && alerted.level === "warning", `broadcast ${JSON.stringify(alerted)}`);
+  const dropped = new Promise((resolve) => alice.once("disconnect", resolve));
+  await page.fill("#disconnect-form input[name=userId]", "alice");
+  await page.fill("#disconnect-form input[name=reason]", "maintenance");
+  await page.click("#disconnect-form button");
+  await dropped;
+  await waitStatus(page, "Disconnected 1 sockets of alice");
   alice.close();
+
+  // Remembering the token is the user's choice, and forgetting it works.
+  await page.check("#remember");
+  await page.click("#connect");
+  await waitStatus(page, "Live");
+  check((await page.evaluate(() => localStorage.length)) === 1, "remembered when asked");
+  await page.click("#forget");
+  check((await page.evaluate(() => localStorage.length)) === 0, "forgotten");
 
   // An auditor sees the live page but no admin actions.
   const auditor = await browser.newPage({ viewport: { width: 1366, height: 768 } });
