@@ -299,18 +299,64 @@ async fn emit_waiting<A: Adapter, T: serde::Serialize + ?Sized>(
     }
 }
 
-fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
-    let ack_state = state.clone();
+/// Registers a client event with a payload, answered through [`Reply`].
+/// `activity` says whether it counts as activity on the session first
+/// (`extend_session` records its own).
+fn on_request<A, F, Fut>(
+    socket: &SocketRef<A>,
+    state: &AppState,
+    event: &'static str,
+    activity: bool,
+    handle: F,
+) where
+    A: Adapter,
+    F: Fn(SocketRef<A>, AppState, Option<Value>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Value, Error>> + Send + 'static,
+{
+    let state = state.clone();
     socket.on(
-        "acknowledge_notification",
+        event,
         move |socket: SocketRef<A>, TryData(data): TryData<Value>, reply: Reply<A>| {
-            let state = ack_state.clone();
+            let (state, handle) = (state.clone(), handle.clone());
             async move {
-                touch(&socket, &state).await;
-                let result = acknowledge(&socket, &state, data.ok()).await;
-                reply.answer("acknowledge_notification", result);
+                if activity {
+                    touch(&socket, &state).await;
+                }
+                let result = handle(socket, state, data.ok()).await;
+                reply.answer(event, result);
             }
         },
+    );
+}
+
+fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
+    on_request(
+        socket,
+        state,
+        "acknowledge_notification",
+        true,
+        |socket, state, data| async move { acknowledge(&socket, &state, data).await },
+    );
+    on_request(
+        socket,
+        state,
+        "extend_session",
+        false,
+        |socket, state, data| async move { extend_session(&socket, &state, data).await },
+    );
+    on_request(
+        socket,
+        state,
+        "subscribe",
+        true,
+        |socket, state, data| async move { subscribe(&socket, &state, data) },
+    );
+    on_request(
+        socket,
+        state,
+        "unsubscribe",
+        true,
+        |socket, _state, data| async move { unsubscribe(&socket, data) },
     );
     let activity_state = state.clone();
     socket.on("activity", move |socket: SocketRef<A>, reply: Reply<A>| {
@@ -323,41 +369,6 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
             );
         }
     });
-    let extend_state = state.clone();
-    socket.on(
-        "extend_session",
-        move |socket: SocketRef<A>, TryData(data): TryData<Value>, reply: Reply<A>| {
-            let state = extend_state.clone();
-            async move {
-                let result = extend_session(&socket, &state, data.ok()).await;
-                reply.answer("extend_session", result);
-            }
-        },
-    );
-    let subscribe_state = state.clone();
-    socket.on(
-        "subscribe",
-        move |socket: SocketRef<A>, TryData(data): TryData<Value>, reply: Reply<A>| {
-            let state = subscribe_state.clone();
-            async move {
-                touch(&socket, &state).await;
-                let result = subscribe(&socket, &state, data.ok());
-                reply.answer("subscribe", result);
-            }
-        },
-    );
-    let unsubscribe_state = state.clone();
-    socket.on(
-        "unsubscribe",
-        move |socket: SocketRef<A>, TryData(data): TryData<Value>, reply: Reply<A>| {
-            let state = unsubscribe_state.clone();
-            async move {
-                touch(&socket, &state).await;
-                let result = unsubscribe(&socket, data.ok());
-                reply.answer("unsubscribe", result);
-            }
-        },
-    );
     let fallback_state = state.clone();
     socket.on_fallback(
         move |socket: SocketRef<A>, Event(event): Event, reply: Reply<A>| {
