@@ -7,6 +7,10 @@ use super::{Store, StoreError};
 use crate::audit::{AuditEvent, AuditRow};
 use crate::clock::Timestamp;
 
+const COLUMNS_PER_ROW: usize = 14;
+/// Well under both databases' limits on bound parameters per statement.
+const ROWS_PER_INSERT: usize = 64;
+
 /// Appends rows at the end of the chain. Call it last in a transaction,
 /// just before commit: taking the chain head is the transaction's final
 /// lock, so appenders queue on it and never deadlock with each other.
@@ -28,30 +32,60 @@ pub async fn append_all(
     let last: i64 = head.try_get("seq")?;
     let mut prev: String = head.try_get("hash")?;
     let first = last - events.len() as i64 + 1;
+    let mut rows = Vec::with_capacity(events.len());
     for (offset, event) in events.into_iter().enumerate() {
         let row = event.into_row(first + offset as i64, &prev);
-        sqlx::query(
+        prev = row.hash.clone();
+        rows.push(row);
+    }
+    // Several rows per INSERT: one round trip for a batch, not one per row.
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = i * COLUMNS_PER_ROW;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7,
+                    p + 8,
+                    p + 9,
+                    p + 10,
+                    p + 11,
+                    p + 12,
+                    p + 13,
+                    p + 14
+                )
+            })
+            .collect();
+        let sql = format!(
             "INSERT INTO audit_log (seq, at, action, actor_id, actor_role, notification_id, session_id, \
-             user_id, patient_id, study_id, outcome, detail, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(row.seq)
-        .bind(row.at.as_millis())
-        .bind(&row.action)
-        .bind(row.actor_id.as_deref())
-        .bind(row.actor_role.as_deref())
-        .bind(row.notification_id.as_deref())
-        .bind(row.session_id.as_deref())
-        .bind(row.user_id.as_deref())
-        .bind(row.patient_id.as_deref())
-        .bind(row.study_id.as_deref())
-        .bind(&row.outcome)
-        .bind(&row.detail)
-        .bind(&row.prev_hash)
-        .bind(&row.hash)
-        .execute(&mut *conn)
-        .await?;
-        prev = row.hash;
+             user_id, patient_id, study_id, outcome, detail, prev_hash, hash) VALUES {}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for row in chunk {
+            query = query
+                .bind(row.seq)
+                .bind(row.at.as_millis())
+                .bind(&row.action)
+                .bind(row.actor_id.as_deref())
+                .bind(row.actor_role.as_deref())
+                .bind(row.notification_id.as_deref())
+                .bind(row.session_id.as_deref())
+                .bind(row.user_id.as_deref())
+                .bind(row.patient_id.as_deref())
+                .bind(row.study_id.as_deref())
+                .bind(&row.outcome)
+                .bind(&row.detail)
+                .bind(&row.prev_hash)
+                .bind(&row.hash);
+        }
+        query.execute(&mut *conn).await?;
     }
     sqlx::query("UPDATE audit_chain_head SET hash = $1 WHERE id = 1")
         .bind(&prev)
