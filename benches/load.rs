@@ -39,6 +39,7 @@ struct Figures {
     latency_p50_ms: f64,
     latency_p99_ms: f64,
     raises_per_sec: f64,
+    empty_requests_per_sec: f64,
     replay_1000_ms: f64,
     cold_start_ms: f64,
     idle_rss_mb: f64,
@@ -478,6 +479,26 @@ async fn measure(database: &'static str, target: Target, sockets: usize) -> Figu
             let _ = worker.await;
         }
         figures.raises_per_sec = done.load(Ordering::Relaxed) as f64 / 10.0;
+
+        // The method's own ceiling: the same 16 clients on a request that
+        // does no work (`/healthz` on readback, a 404 on the peer).
+        let done = Arc::new(AtomicUsize::new(0));
+        let until = Instant::now() + Duration::from_secs(5);
+        let mut workers = Vec::new();
+        for _ in 0..16 {
+            let (client, base, done) = (client.clone(), base.clone(), done.clone());
+            workers.push(tokio::spawn(async move {
+                while Instant::now() < until {
+                    if client.get(format!("{base}/healthz")).send().await.is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for worker in workers {
+            let _ = worker.await;
+        }
+        figures.empty_requests_per_sec = done.load(Ordering::Relaxed) as f64 / 5.0;
     }
 
     if phase("replay") {
@@ -703,6 +724,12 @@ async fn main() {
         "sustained durable raises/s (16 clients)",
         "≥ 3× peer",
         &|f| format!("{:.0}", f.raises_per_sec),
+    );
+    row(
+        &mut out,
+        "requests/s the load generator reaches on a request that does no work (16 clients: the method is not the limit)",
+        "",
+        &|f| format!("{:.0}", f.empty_requests_per_sec),
     );
     row(
         &mut out,
