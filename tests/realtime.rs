@@ -15,6 +15,7 @@ const TOPICS: &str = r#"
 presence_events = true
 message_events = ["study_*", "report_*", "worklist.*"]
 max_message_bytes = 256
+max_topics_per_socket = 3
 
 [realtime.topics]
 radiologist = ["study:*", "worklist:*"]
@@ -274,6 +275,24 @@ async fn topics_follow_the_role_patterns(db: Db) {
         assert_eq!(ack["code"], code, "{name} {payload}: {ack}");
         assert!(ack["message"].is_string());
     }
+    // At most three topics per connection; joining one again is no new one.
+    let third = request(&clients, "rad", "subscribe", json!({ "topic": "study:9" })).await;
+    assert_eq!(third["ok"], true, "{third}");
+    let fourth = request(&clients, "rad", "subscribe", json!({ "topic": "study:10" })).await;
+    assert_eq!(fourth["code"], "conflict", "{fourth}");
+    let again = request(&clients, "rad", "subscribe", json!({ "topic": "study:9" })).await;
+    assert_eq!(again["ok"], true, "{again}");
+    let left = request(
+        &clients,
+        "rad",
+        "unsubscribe",
+        json!({ "topic": "study:9" }),
+    )
+    .await;
+    assert_eq!(left["ok"], true, "{left}");
+    let now_fits = request(&clients, "rad", "subscribe", json!({ "topic": "study:10" })).await;
+    assert_eq!(now_fits["ok"], true, "{now_fits}");
+
     // A refused subscription joined nothing.
     assert_eq!(
         send(
