@@ -14,7 +14,12 @@ use serde_json::Value;
 both_databases!(the_console_shows_findings_live_and_a_browser_viewer_acknowledges);
 
 async fn the_console_shows_findings_live_and_a_browser_viewer_acknowledges(db: Db) {
-    let env = TestEnv::new(db).await;
+    // Escalation fires (into the outbox) so the page shows a level.
+    let env = TestEnv::with_config(
+        db,
+        "[scheduler]\ntick = \"100ms\"\n\n[[escalation.levels]]\nafter = \"0s\"\nto = [\"oncall@hospital.example\"]\n",
+    )
+    .await;
     let daemon = env.start().await;
 
     // The page itself: served from the binary, locked to its own origin.

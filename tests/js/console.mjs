@@ -102,6 +102,9 @@ try {
   const overdueRow = `#findings tbody tr[data-id="${overdue.body.id}"] td:nth-child(5)`;
   await page.waitForSelector(`${overdueRow}:has-text('OVERDUE by')`, { timeout: 3000 });
   findings.overdue = await page.textContent(overdueRow);
+  // Past its deadline the scheduler escalates it; the level shows.
+  const levelCell = `#findings tbody tr[data-id="${overdue.body.id}"] td:nth-child(6)`;
+  await page.waitForSelector(`${levelCell}:has-text('escalated, level 1')`, { timeout: 6000 });
 
   // Raised over HTTP: in the open list within a second, with a countdown.
   const raised = await raise("alice", "Console check: tension pneumothorax");
@@ -115,6 +118,19 @@ try {
   findings.countdown = due;
   const severity = await page.textContent(`${row} td:nth-child(1)`);
   check(severity === "CRITICAL", `severity written in words: ${severity}`);
+
+  // Server text is text: markup in a title is shown, never run.
+  const hostile = await raise("erin", `Markup <img src=x onerror="window.__ran=1"> <b>check</b>`);
+  const hostileRow = `#findings tbody tr[data-id="${hostile.body.id}"]`;
+  await page.waitForSelector(hostileRow, { timeout: 2000 });
+  const shown = await page.textContent(`${hostileRow} td:nth-child(2)`);
+  check(shown.includes("<b>check</b>"), `markup shown as text: ${shown}`);
+  check(
+    await page.evaluate(() => document.querySelectorAll("#findings img, #findings b").length === 0 && !window.__ran),
+    "markup in a title created no elements and ran nothing",
+  );
+  await api("POST", `/notifications/${hostile.body.id}/cancel`, env("SERVICE_TOKEN"), { reason: "test" });
+  await page.waitForSelector(hostileRow, { state: "detached", timeout: 2000 });
 
   // The page fits 1366×768 without a horizontal scrollbar.
   const widths = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
