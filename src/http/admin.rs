@@ -81,8 +81,9 @@ pub async fn broadcast(
     ))
 }
 
-/// Groups sockets by user.
-fn by_user(sockets: Vec<SocketInfo>) -> Vec<Value> {
+/// Groups sockets by user; each user's earliest connection is named
+/// `since_key` (`connectedAt` for connections, `since` for presence).
+fn by_user(sockets: Vec<SocketInfo>, since_key: &str) -> Vec<Value> {
     let mut users: BTreeMap<String, Vec<SocketInfo>> = BTreeMap::new();
     for socket in sockets {
         if let Some(user) = socket.user_id.clone() {
@@ -98,13 +99,14 @@ fn by_user(sockets: Vec<SocketInfo>) -> Vec<Value> {
                 .collect();
             roles.sort_unstable();
             roles.dedup();
-            let connected_at = sockets.iter().filter_map(|s| s.connected_at).min();
-            json!({
+            let since = sockets.iter().filter_map(|s| s.connected_at).min();
+            let mut user = json!({
                 "userId": user_id,
                 "sockets": sockets.len(),
                 "roles": roles,
-                "connectedAt": connected_at,
-            })
+            });
+            user[since_key] = json!(since);
+            user
         })
         .collect()
 }
@@ -115,7 +117,7 @@ pub async fn connections(
 ) -> Json<Value> {
     let sockets = state.hub.sockets(None).await;
     let total = sockets.len();
-    let users = by_user(sockets);
+    let users = by_user(sockets, "connectedAt");
     Json(json!({ "users": users, "totalUsers": users.len(), "totalSockets": total }))
 }
 
@@ -139,16 +141,7 @@ pub async fn presence(
         }
         None => None,
     };
-    let users: Vec<Value> = by_user(state.hub.sockets(room).await)
-        .into_iter()
-        .map(|mut user| {
-            let since = user["connectedAt"].take();
-            let map = user.as_object_mut().expect("an object");
-            map.remove("connectedAt");
-            map.insert("since".into(), since);
-            user
-        })
-        .collect();
+    let users = by_user(state.hub.sockets(room).await, "since");
     Ok(Json(json!({ "users": users, "total": users.len() })))
 }
 

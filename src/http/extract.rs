@@ -197,6 +197,18 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for QueryPa
     }
 }
 
+/// The `limit` query parameter of a list: `default` when absent, else
+/// between 1 and `max`.
+pub fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, FieldError> {
+    match limit.unwrap_or(default) {
+        limit if (1..=max).contains(&limit) => Ok(limit),
+        _ => Err(FieldError::new(
+            "limit",
+            format!("must be between 1 and {max}"),
+        )),
+    }
+}
+
 /// An optional RFC 3339 UTC query parameter.
 pub fn query_time(field: &str, value: &Option<String>) -> Result<Option<Timestamp>, FieldError> {
     value

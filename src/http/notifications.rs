@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::extract::{
-    Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json, query_time,
+    Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json, page_limit, query_time,
 };
 use crate::app::AppState;
 use crate::notifications::service::Trace;
@@ -112,10 +112,7 @@ pub async fn list(
     Authorized(_caller, _): Authorized<Reader>,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(FieldError::new("limit", format!("must be between 1 and {MAX_PAGE}")).into());
-    }
+    let limit = page_limit(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let filter = ListFilter {
         state: query
             .state

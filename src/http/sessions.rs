@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::extract::{
-    AnyRole, Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json,
+    AnyRole, Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json, page_limit,
 };
 use crate::app::AppState;
 use crate::auth::roles;
@@ -39,7 +39,7 @@ fn view(session: &Session) -> Value {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ListQuery {
     user_id: Option<String>,
-    limit: Option<i64>,
+    limit: Option<u32>,
 }
 
 /// `GET /api/v1/sessions?userId=&limit=`: active sessions, soonest expiry
@@ -52,11 +52,8 @@ pub async fn list(
     if let Some(user) = &query.user_id {
         check_text("userId", user, 256)?;
     }
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(FieldError::new("limit", "must be between 1 and 500").into());
-    }
-    let sessions = service::list_active(&state, query.user_id.as_deref(), limit).await?;
+    let limit = page_limit(query.limit, 50, 500)?;
+    let sessions = service::list_active(&state, query.user_id.as_deref(), i64::from(limit)).await?;
     let items: Vec<Value> = sessions.iter().map(view).collect();
     Ok(Json(json!({ "items": items })))
 }

@@ -202,12 +202,13 @@ async fn announce_presence<A: Adapter>(
     identity: &Identity,
     online: bool,
 ) {
+    let this_socket = socket.id.to_string();
     let others = state
         .hub
         .sockets(Some(user_room(&identity.user_id)))
         .await
         .into_iter()
-        .filter(|s| s.socket_id != socket.id.to_string())
+        .filter(|s| s.socket_id != this_socket)
         .count();
     if others > 0 {
         return;
