@@ -22,6 +22,7 @@ use socketioxide_redis::drivers::redis::redis_client as redis;
 use socketioxide_redis::{RedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::config::Config;
@@ -45,6 +46,11 @@ pub struct AppState {
     /// Raises and delivery records are committed in groups through this
     /// one queue.
     pub writes: crate::notifications::committer::Committer,
+    /// Background work started by requests (retries after a commit):
+    /// waited for, within `server.shutdown_timeout`, before the pool closes.
+    pub tasks: TaskTracker,
+    /// Fires when the daemon starts draining.
+    pub shutdown: CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +63,8 @@ pub enum StartError {
     Smtp(String),
     #[error("cannot join the other daemons: {0}")]
     Cluster(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -69,6 +77,8 @@ pub struct Application {
     router: axum::Router,
     state: AppState,
     mailer: Option<Mailer>,
+    /// The certificate served, when `server.tls` is set; SIGHUP reloads it.
+    tls: Option<RustlsConfig>,
 }
 
 impl Application {
@@ -91,6 +101,8 @@ impl Application {
             // was 3 KB of the per-socket memory (docs/benchmarks.md).
             .ws_read_buffer_size(1024);
         let writes = crate::notifications::committer::Committer::start(store.clone());
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
         let state_for = |hub: Hub| AppState {
             config: config.clone(),
             store: store.clone(),
@@ -100,6 +112,8 @@ impl Application {
             outbox_wake: outbox_wake.clone(),
             scheduler_heartbeat: scheduler_heartbeat.clone(),
             writes: writes.clone(),
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
         };
         let (router, state) = match (store.backend(), &config.cluster.redis_url) {
             // Daemons share their rooms through Redis.
@@ -173,12 +187,26 @@ impl Application {
                 addr: listen,
                 source,
             })?;
+        let tls = match &state.config.server.tls {
+            Some(tls) => Some(
+                RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                    .await
+                    .map_err(|e| StartError::Tls(format!("server.tls: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
             router,
             state,
             mailer,
+            tls,
         })
+    }
+
+    /// The certificate in use, for SIGHUP to reload.
+    pub fn tls(&self) -> Option<RustlsConfig> {
+        self.tls.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -196,6 +224,13 @@ impl Application {
     /// the database pool (committed data is already durable).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let state = self.state;
+        // The state's own token follows the caller's, for work the state
+        // started (retries) to see the drain.
+        let (outer, inner) = (shutdown.clone(), state.shutdown.clone());
+        state.tasks.spawn(async move {
+            outer.cancelled().await;
+            inner.cancel();
+        });
         let scheduler = crate::scheduler::spawn(state.clone(), shutdown.clone());
         let sender = crate::escalation::mailer::spawn(state.clone(), self.mailer, shutdown.clone());
         let supervisor = crate::supervisor::spawn(state.clone(), shutdown.clone());
@@ -213,16 +248,14 @@ impl Application {
         // waiting for the peer's delayed ACK (Nagle).
         let server = axum_server::from_tcp(self.listener)?.handle(handle);
         let service = self.router.into_make_service();
-        match &state.config.server.tls {
+        match self.tls {
             None => {
                 server
                     .acceptor(NoDelayAcceptor::new())
                     .serve(service)
                     .await?
             }
-            Some(tls) => {
-                let rustls = RustlsConfig::from_pem_file(&tls.cert, &tls.key).await?;
-                crate::shutdown::reload_on_sighup(rustls.clone(), tls.clone(), shutdown.clone());
+            Some(rustls) => {
                 let acceptor = RustlsAcceptor::new(rustls).acceptor(NoDelayAcceptor::new());
                 server.acceptor(acceptor).serve(service).await?
             }
@@ -233,6 +266,16 @@ impl Application {
         let _ = scheduler.await;
         let _ = sender.await;
         let _ = supervisor.await;
+        state.tasks.close();
+        if tokio::time::timeout(state.config.server.shutdown_timeout, state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = state.tasks.len(),
+                "stopping with background work unfinished"
+            );
+        }
         state.store.close().await;
         Ok(())
     }

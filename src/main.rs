@@ -248,8 +248,8 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
         Command::Serve(arg) => {
             let config = load(&arg)?;
             // Flushes the log files when serving ends.
-            let _logs = readback::telemetry::init(&config.logging).map_err(fail)?;
-            runtime().block_on(serve(config))
+            let logging = readback::telemetry::init(&config.logging).map_err(fail)?;
+            runtime().block_on(serve(config, arg.config, &logging))
         }
     }
 }
@@ -267,10 +267,25 @@ fn fail(error: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-async fn serve(config: Config) -> Result<(), ExitCode> {
+async fn serve(
+    config: Config,
+    config_path: PathBuf,
+    logging: &readback::telemetry::Logging,
+) -> Result<(), ExitCode> {
     let app = Application::build(config).await.map_err(fail)?;
     let shutdown = CancellationToken::new();
-    readback::shutdown::cancel_on_signal(shutdown.clone());
+    // Both handlers are in place before READY=1: `systemctl reload` or
+    // `stop` right after start meets readback's handling, not the default.
+    readback::shutdown::cancel_on_signal(shutdown.clone()).map_err(fail)?;
+    readback::shutdown::reload_on_sighup(
+        readback::shutdown::Reload {
+            config_path,
+            log_level: logging.level.clone(),
+            tls: app.tls(),
+        },
+        shutdown.clone(),
+    )
+    .map_err(fail)?;
     let addr = app.local_addr();
     let scheme = if app.state().config.server.tls.is_some() {
         "https"

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub auth_refused: Counter,
     pub connected_sockets: Gauge,
     pub messages_sent: Counter,
+    post_commit_failures: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -34,6 +35,12 @@ impl Default for Metrics {
         let auth_refused = Counter::default();
         let connected_sockets = Gauge::default();
         let messages_sent = Counter::default();
+        let post_commit_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "post_commit_failures",
+            "Steps after a committed change that failed (the change stands), by step",
+            post_commit_failures.clone(),
+        );
         registry.register(
             "messages_sent",
             "Real-time messages sent through POST /api/v1/messages",
@@ -78,6 +85,7 @@ impl Default for Metrics {
             auth_refused,
             connected_sockets,
             messages_sent,
+            post_commit_failures,
         }
     }
 }
@@ -93,6 +101,12 @@ impl Metrics {
         let value = if replayed { "true" } else { "false" };
         self.delivered
             .get_or_create(&vec![("replayed", value)])
+            .inc();
+    }
+
+    pub fn post_commit_failed(&self, step: &'static str) {
+        self.post_commit_failures
+            .get_or_create(&vec![("step", step)])
             .inc();
     }
 

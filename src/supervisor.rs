@@ -39,10 +39,7 @@ pub fn spawn(state: AppState, shutdown: CancellationToken) -> JoinHandle<()> {
             let last_tick = state.scheduler_heartbeat.load(Ordering::Relaxed);
             let alive = Timestamp::now().as_millis() - last_tick
                 <= i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
-            let status = format!(
-                "serving; {} sockets connected",
-                state.metrics.connected_sockets.get()
-            );
+            let status = format!("serving; {} sockets connected", state.hub.local_count());
             let mut messages = vec![NotifyState::Status(&status)];
             if watchdog.is_some() && alive {
                 messages.push(NotifyState::Watchdog);

@@ -2,21 +2,49 @@
 //!
 //! Owns: the tracing subscriber — human-readable or JSON, to stderr (which
 //! journald captures under systemd) and, with `logging.dir`, to rotated
-//! files kept `logging.retention` deep. Never: log PHI at info level —
-//! callers log ids, not patient data.
+//! files kept `logging.retention` deep — and the handle that changes its
+//! level while running (SIGHUP). Never: log PHI at info level — callers
+//! log ids, not patient data.
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::MakeWriterExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 use crate::config::LoggingConfig;
 
-/// Installs the subscriber. Keep the returned guard alive until exit: it
-/// flushes the file writer.
-pub fn init(config: &LoggingConfig) -> Result<Option<WorkerGuard>, String> {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
+/// The installed logging: keep it alive until exit (it flushes the file
+/// writer when dropped).
+pub struct Logging {
+    _guard: Option<WorkerGuard>,
+    /// `None` when `RUST_LOG` chose the filter: the environment wins over
+    /// the config file, at start and on reload.
+    pub level: Option<LogLevel>,
+}
+
+/// Changes the level filter of the running subscriber.
+#[derive(Clone)]
+pub struct LogLevel(reload::Handle<EnvFilter, Registry>);
+
+impl LogLevel {
+    /// Applies `directives` (`logging.level` syntax); a bad one changes
+    /// nothing.
+    pub fn set(&self, directives: &str) -> Result<(), String> {
+        let filter = EnvFilter::try_new(directives).map_err(|e| format!("logging.level: {e}"))?;
+        self.0.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+type Filtered = tracing_subscriber::layer::Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+
+/// Installs the subscriber. A second call (tests) keeps the first one.
+pub fn init(config: &LoggingConfig) -> Result<Logging, String> {
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_chose = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(&config.level));
+    let (filter, handle) = reload::Layer::new(filter);
     let (file, guard) = match &config.dir {
         Some(dir) => {
             let rotation = match config.rotation.as_str() {
@@ -38,21 +66,31 @@ pub fn init(config: &LoggingConfig) -> Result<Option<WorkerGuard>, String> {
         None => (None, None),
     };
     let json = config.format == "json";
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     // stdout carries only the ready line; logs go to stderr (and files).
-    let result = match (file, json) {
-        (Some(file), true) => builder
+    let output: Box<dyn Layer<Filtered> + Send + Sync> = match (file, json) {
+        (Some(file), true) => tracing_subscriber::fmt::layer()
             .json()
             .with_writer(std::io::stderr.and(file))
-            .try_init(),
-        (Some(file), false) => builder
+            .boxed(),
+        (Some(file), false) => tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_writer(std::io::stderr.and(file))
-            .try_init(),
-        (None, true) => builder.json().with_writer(std::io::stderr).try_init(),
-        (None, false) => builder.with_writer(std::io::stderr).try_init(),
+            .boxed(),
+        (None, true) => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        (None, false) => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
-    // A second init (tests) keeps the first subscriber.
-    let _ = result;
-    Ok(guard)
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .try_init()
+        .is_ok();
+    Ok(Logging {
+        _guard: guard,
+        level: (installed && !env_chose).then_some(LogLevel(handle)),
+    })
 }

@@ -23,6 +23,7 @@ pub enum Action {
     NotificationRaised,
     NotificationDelivered,
     NotificationReplayed,
+    NotificationUndelivered,
     NotificationAcknowledged,
     NotificationCancelled,
     AuthRefused,
@@ -45,10 +46,11 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 23] = [
         Action::NotificationRaised,
         Action::NotificationDelivered,
         Action::NotificationReplayed,
+        Action::NotificationUndelivered,
         Action::NotificationAcknowledged,
         Action::NotificationCancelled,
         Action::AuthRefused,
@@ -79,6 +81,7 @@ impl Action {
             Action::NotificationRaised => "notification.raised",
             Action::NotificationDelivered => "notification.delivered",
             Action::NotificationReplayed => "notification.replayed",
+            Action::NotificationUndelivered => "notification.undelivered",
             Action::NotificationAcknowledged => "notification.acknowledged",
             Action::NotificationCancelled => "notification.cancelled",
             Action::AuthRefused => "auth.refused",

@@ -21,6 +21,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // Counted when asked: a gauge moved by connect and disconnect handlers
+    // drifts when a client hangs up in the middle of its handshake.
+    state
+        .metrics
+        .connected_sockets
+        .set(i64::try_from(state.hub.local_count()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

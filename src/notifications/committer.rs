@@ -34,10 +34,11 @@ enum Job {
         caller: Identity,
         reply: oneshot::Sender<Result<Option<Notification>, StoreError>>,
     },
-    /// Delivery rows, each with its `notification.delivered` or
-    /// `notification.replayed` audit row.
+    /// Delivery rows, and the audit rows that go with them
+    /// (`notification.delivered`, `.replayed`, `.undelivered`).
     Deliveries {
-        records: Vec<(Delivery, AuditEvent)>,
+        deliveries: Vec<Delivery>,
+        events: Vec<AuditEvent>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }
@@ -104,10 +105,15 @@ impl Committer {
     /// Stores delivery rows with their audit rows.
     pub async fn record_deliveries(
         &self,
-        records: Vec<(Delivery, AuditEvent)>,
+        deliveries: Vec<Delivery>,
+        events: Vec<AuditEvent>,
     ) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job::Deliveries { records, reply };
+        let job = Job::Deliveries {
+            deliveries,
+            events,
+            reply,
+        };
         self.queue.send(job).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -169,11 +175,15 @@ async fn commit(store: &Store, batch: &[Job]) -> Result<Vec<Written>, StoreError
                 }
                 results.push(Written::Raise(inserted.map(Box::new)));
             }
-            Job::Deliveries { records, .. } => {
-                for (delivery, event) in records {
+            Job::Deliveries {
+                deliveries,
+                events: rows,
+                ..
+            } => {
+                for delivery in deliveries {
                     sql::insert_delivery(&mut tx, delivery).await?;
-                    events.push(event.clone());
                 }
+                events.extend(rows.iter().cloned());
                 results.push(Written::Deliveries);
             }
         }

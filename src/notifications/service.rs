@@ -29,6 +29,14 @@ pub struct Raised {
 
 /// Stores a new notification (committed before anything is sent), then
 /// delivers it to every connected socket of its recipient(s).
+///
+/// Failure policy: a raise fails only *before* its commit, and then nothing
+/// was stored. Once committed it is answered as raised, whatever happens
+/// next: the notification is open in the database, so it is replayed on
+/// every reconnect and escalates at its deadline even if every step after
+/// the commit fails. Those steps (delivery records, early escalation) are
+/// logged and counted in `readback_post_commit_failures_total`; delivery
+/// records are retried in the background until the database takes them.
 pub async fn raise(
     state: &AppState,
     caller: &Identity,
@@ -56,12 +64,45 @@ pub async fn raise(
         new.request_hash.clone(),
     );
     let Some(notification) = state.writes.insert(new, steps, caller).await? else {
-        // The id or the idempotency key is taken: a retry gets the first
-        // notification back, a different body under the same key is refused.
+        return retried(state, &id, idempotency_key.as_deref(), &request_hash).await;
+    };
+    // Committed: from here on the answer is 201.
+    state.metrics.raised(notification.severity.as_str());
+    tracing::info!(notification = %notification.id, severity = %notification.severity, "raised");
+
+    let (deliveries, sockets_reached) = deliver(state, &notification, &[], false).await;
+    if let Err(e) =
+        crate::escalation::service::start_early_if_offline(state, &notification, sockets_reached)
+            .await
+    {
+        post_commit_failed(state, "escalate_early", &notification.id, &e);
+    }
+    state
+        .hub
+        .console_update("raised", Some(&notification.id), None)
+        .await;
+    Ok(Raised {
+        notification,
+        created: true,
+        deliveries,
+    })
+}
+
+/// The id or the idempotency key of a raise is taken: a retry gets the
+/// first notification back (and, while it is open, it is sent again to the
+/// recipient's sockets that have no delivery on record); a different body
+/// under the same key is refused.
+async fn retried(
+    state: &AppState,
+    id: &str,
+    idempotency_key: Option<&str>,
+    request_hash: &str,
+) -> Result<Raised, Error> {
+    let (existing, recorded) = {
         let mut conn = state.store.conn().await?;
-        let existing = match sql::find(&mut conn, &id).await? {
+        let existing = match sql::find(&mut conn, id).await? {
             Some(found) => Some(found),
-            None => match &idempotency_key {
+            None => match idempotency_key {
                 Some(key) => sql::find_by_idempotency_key(&mut conn, key).await?,
                 None => None,
             },
@@ -76,90 +117,164 @@ pub async fn raise(
                 existing.id
             )));
         }
-        let deliveries = sql::deliveries(&mut conn, &existing.id).await?;
-        return Ok(Raised {
-            notification: existing,
-            created: false,
-            deliveries,
-        });
+        let recorded = sql::deliveries(&mut conn, &existing.id).await?;
+        (existing, recorded)
     };
-    state.metrics.raised(notification.severity.as_str());
-    tracing::info!(notification = %notification.id, severity = %notification.severity, "raised");
+    let mut deliveries = recorded;
+    if matches!(existing.state, State::Pending | State::Escalated) {
+        let skip: Vec<String> = deliveries.iter().map(|d| d.socket_id.clone()).collect();
+        deliveries.extend(deliver(state, &existing, &skip, true).await.0);
+    }
+    Ok(Raised {
+        notification: existing,
+        created: false,
+        deliveries,
+    })
+}
 
-    let payload = serde_json::to_value(notification.to_wire(false)).expect("serializable");
-    let sent = state
+/// Sends a committed notification to its recipient's connected sockets
+/// (except `skip`) and records what happened; never fails. Returns the
+/// deliveries and how many sockets were reached.
+async fn deliver(
+    state: &AppState,
+    notification: &Notification,
+    skip: &[String],
+    replayed: bool,
+) -> (Vec<Delivery>, usize) {
+    let payload = serde_json::to_value(notification.to_wire(replayed)).expect("serializable");
+    let delivered = state
         .hub
         .deliver(
             vec![notification.recipient.room()],
             "critical_notification",
             payload,
+            skip,
         )
         .await;
-    let sockets_reached = sent.len();
-    let reached: Vec<_> = sent.into_iter().map(|s| (&notification, s)).collect();
-    let deliveries = record_deliveries(state, &reached, false).await?;
-    // Stored and delivered already: a failure here leaves escalation at the
-    // deadline, which is still the policy, so the raise stands.
-    if let Err(e) =
-        crate::escalation::service::start_early_if_offline(state, &notification, sockets_reached)
-            .await
-    {
-        tracing::error!(notification = %notification.id, error = %e, "could not start escalation early for an offline recipient");
+    let reached: Vec<_> = delivered
+        .reached
+        .into_iter()
+        .map(|s| (notification, s))
+        .collect();
+    let missed: Vec<_> = delivered
+        .missed
+        .into_iter()
+        .map(|(s, why)| (notification, s, why))
+        .collect();
+    let (deliveries, events) = delivery_records(&reached, &missed, replayed);
+    let count = reached.len();
+    if let Err(e) = record(state, deliveries.clone(), events.clone(), replayed).await {
+        post_commit_failed(state, "record_deliveries", &notification.id, &e);
+        retry_recording(state, deliveries.clone(), events);
     }
-    state
-        .hub
-        .console_update("raised", Some(&notification.id), None)
-        .await;
-    Ok(Raised {
-        notification,
-        created: true,
-        deliveries,
-    })
+    (deliveries, count)
 }
 
-/// Writes one delivery row and one audit row per (notification, socket),
-/// all in one transaction. Called after the emit: a crash in between loses
-/// only the record, never the notification, which stays open and is
-/// replayed.
-pub async fn record_deliveries(
-    state: &AppState,
+/// Logs and counts a step after a commit that failed; the committed change
+/// stands (see [`raise`]).
+fn post_commit_failed(state: &AppState, step: &'static str, notification: &str, error: &Error) {
+    state.metrics.post_commit_failed(step);
+    tracing::error!(notification, step, error = %error, "a step after the commit failed; the committed change stands");
+}
+
+/// Keeps trying to record deliveries that were made but could not be
+/// recorded, with backoff, until the database takes them or the daemon
+/// stops (the notification stays open either way, so nothing is lost).
+fn retry_recording(state: &AppState, deliveries: Vec<Delivery>, events: Vec<AuditEvent>) {
+    let state = state.clone();
+    let replayed = deliveries.first().is_some_and(|d| d.replayed);
+    state.tasks.clone().spawn(async move {
+        let mut wait = std::time::Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                _ = state.shutdown.cancelled() => {
+                    tracing::warn!(deliveries = deliveries.len(), "stopping with delivery records unwritten");
+                    return;
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match record(&state, deliveries.clone(), events.clone(), replayed).await {
+                Ok(()) => {
+                    tracing::info!(deliveries = deliveries.len(), "delivery records written after a retry");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, ?wait, "delivery records still not written; retrying");
+                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    });
+}
+
+/// One delivery row and one audit row per (notification, socket) reached,
+/// and a `notification.undelivered` audit row per socket missed.
+pub fn delivery_records(
     reached: &[(&Notification, Sent)],
+    missed: &[(&Notification, Sent, &'static str)],
     replayed: bool,
-) -> Result<Vec<Delivery>, Error> {
-    if reached.is_empty() {
-        return Ok(Vec::new());
-    }
+) -> (Vec<Delivery>, Vec<AuditEvent>) {
     let now = Timestamp::now();
     let action = if replayed {
         Action::NotificationReplayed
     } else {
         Action::NotificationDelivered
     };
-    let records: Vec<(Delivery, AuditEvent)> = reached
-        .iter()
-        .map(|(notification, socket)| {
-            let delivery = Delivery {
-                notification_id: notification.id.clone(),
-                user_id: socket.user_id.clone(),
-                socket_id: socket.socket_id.clone(),
-                delivered_at: now,
-                replayed,
-            };
-            let event = AuditEvent::new(action, now)
+    let mut deliveries = Vec::with_capacity(reached.len());
+    let mut events = Vec::with_capacity(reached.len() + missed.len());
+    for (notification, socket) in reached {
+        deliveries.push(Delivery {
+            notification_id: notification.id.clone(),
+            user_id: socket.user_id.clone(),
+            socket_id: socket.socket_id.clone(),
+            delivered_at: now,
+            replayed,
+        });
+        events.push(
+            AuditEvent::new(action, now)
                 .by_system()
                 .user(socket.user_id.clone())
                 .about(notification)
                 .session(socket.session_id.as_deref())
-                .detail(json!({ "socketId": socket.socket_id }));
-            (delivery, event)
-        })
-        .collect();
-    let deliveries: Vec<Delivery> = records.iter().map(|(d, _)| d.clone()).collect();
-    state.writes.record_deliveries(records).await?;
-    for _ in &deliveries {
+                .detail(json!({ "socketId": socket.socket_id })),
+        );
+    }
+    for (notification, socket, why) in missed {
+        events.push(
+            AuditEvent::new(Action::NotificationUndelivered, now)
+                .by_system()
+                .user(socket.user_id.clone())
+                .about(notification)
+                .session(socket.session_id.as_deref())
+                .outcome("failed")
+                .detail(json!({
+                    "socketId": socket.socket_id,
+                    "reason": why,
+                    "replayed": replayed,
+                    "then": "disconnected; sent again when the client reconnects",
+                })),
+        );
+    }
+    (deliveries, events)
+}
+
+/// Writes delivery records (after the emit: a crash in between loses only
+/// the record, never the notification, which stays open and is replayed).
+pub async fn record(
+    state: &AppState,
+    deliveries: Vec<Delivery>,
+    events: Vec<AuditEvent>,
+    replayed: bool,
+) -> Result<(), Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let count = deliveries.len();
+    state.writes.record_deliveries(deliveries, events).await?;
+    for _ in 0..count {
         state.metrics.delivered(replayed);
     }
-    Ok(deliveries)
+    Ok(())
 }
 
 /// Open notifications a connecting user must be sent again, oldest first.

@@ -24,17 +24,30 @@ use crate::sessions::service::{self as sessions, OnConnect, SessionClock};
 
 /// Registers the default namespace. Returns the adapter's init result
 /// (a future for cluster adapters, `()` for the local one).
+///
+/// Everything a socket needs before its client may speak happens in the
+/// connect middlewares, which socketioxide runs *before* it sends the
+/// CONNECT packet: socket.io-client flushes what a viewer emitted while
+/// connecting the moment CONNECT arrives, so by then the socket must be
+/// authenticated, its session known, its event handlers registered and its
+/// rooms joined. The connect handler only announces and replays.
 pub fn attach<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, state: AppState) -> A::InitRes {
-    let middleware_state = state.clone();
+    let auth_state = state.clone();
     let authenticate = move |socket: SocketRef<A>, TryData(auth): TryData<Value>| {
-        let state = middleware_state.clone();
+        let state = auth_state.clone();
         async move { authenticate(socket, auth.ok(), state).await }
+    };
+    let admit_state = state.clone();
+    let admit = move |socket: SocketRef<A>| {
+        let state = admit_state.clone();
+        async move { admit(socket, state).await }
     };
     let connect = move |socket: SocketRef<A>| {
         let state = state.clone();
         async move { on_connect(socket, state).await }
     };
-    io.ns("/", connect.with(authenticate))
+    // `with` runs the middleware it is given before the ones already there.
+    io.ns("/", connect.with(admit).with(authenticate))
 }
 
 /// Verifies the handshake token. A refusal becomes the `connect_error`
@@ -95,30 +108,95 @@ fn token_from_handshake<A: Adapter>(socket: &SocketRef<A>, auth: Option<&Value>)
         .map(str::to_owned)
 }
 
+/// What the admission decided about a socket whose token is valid.
+#[derive(Debug, Clone, Copy)]
+enum Admission {
+    /// In its rooms, with its event handlers.
+    Admitted,
+    /// The token's session has ended: the client is told, then dropped.
+    SessionEnded,
+    /// The token's session id belongs to another user.
+    ForeignSession,
+}
+
+/// Connect middleware, after [`authenticate`]: the database work of a
+/// connection (user directory, session), then the handlers and the rooms —
+/// all before the CONNECT packet is sent, so nothing the client sends the
+/// moment it is connected can find the socket half-registered.
+async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), Infallible> {
+    let Some(connection) = socket.extensions.get::<Arc<Connection>>() else {
+        // Unreachable: `authenticate` runs first and refuses without one.
+        return Ok(());
+    };
+    let identity = &connection.identity;
+    crate::escalation::service::remember(&state, identity).await;
+    let admission = match sessions::on_connect(&state, identity).await {
+        Ok(OnConnect::NoSession) => Admission::Admitted,
+        Ok(OnConnect::Active(clock)) => {
+            socket.extensions.insert(Arc::new(clock));
+            Admission::Admitted
+        }
+        Ok(OnConnect::Ended { reason }) => {
+            socket.extensions.insert(Arc::new(EndedSession(reason)));
+            Admission::SessionEnded
+        }
+        Ok(OnConnect::Foreign) => Admission::ForeignSession,
+        Err(e) => {
+            tracing::error!(socket = %socket.id, error = %e, "could not record the session; continuing without it");
+            Admission::Admitted
+        }
+    };
+    socket.extensions.insert(admission);
+    let Admission::Admitted = admission else {
+        // Whatever it sends before it is dropped is refused, not ignored.
+        refuse_all_events(&socket, admission);
+        return Ok(());
+    };
+    if state.config.realtime.single_connection_per_user {
+        replace_older_connections(&socket, &state, identity).await;
+    }
+    register_events(&socket, &state);
+    let mut rooms = vec![user_room(&identity.user_id)];
+    rooms.extend(identity.roles.iter().map(|role| role_room(role)));
+    if let Some(session) = &identity.session_id {
+        rooms.push(session_room(session));
+    }
+    socket.join(rooms);
+    Ok(())
+}
+
+/// Why the token's session ended, for the `session_expired` event.
+#[derive(Debug)]
+struct EndedSession(String);
+
+/// The connect handler, run after the CONNECT packet went out: says hello,
+/// then replays.
 async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
     let Some(connection) = socket.extensions.get::<Arc<Connection>>() else {
-        // Unreachable: the middleware only lets authenticated sockets in.
         let _ = socket.disconnect();
         return;
     };
-    let identity = &connection.identity;
-    state.metrics.connected_sockets.inc();
-    crate::escalation::service::remember(&state, identity).await;
-    register_events(&socket, &state);
-    match sessions::on_connect(&state, identity).await {
-        Ok(OnConnect::NoSession) => {}
-        Ok(OnConnect::Active(clock)) => {
-            socket.extensions.insert(Arc::new(clock));
-        }
-        Ok(OnConnect::Ended { reason }) => {
+    if !socket.connected() {
+        // Gone already (dropped right after CONNECT): its disconnect
+        // handler has run, there is nobody to greet.
+        return;
+    }
+    match socket.extensions.get::<Admission>() {
+        Some(Admission::Admitted) => {}
+        Some(Admission::SessionEnded) => {
+            let reason = socket
+                .extensions
+                .get::<Arc<EndedSession>>()
+                .map(|ended| ended.0.clone())
+                .unwrap_or_default();
             let _ = socket.emit(
                 "session_expired",
-                &json!({ "sessionId": identity.session_id, "reason": reason, "timestamp": Timestamp::now() }),
+                &json!({ "sessionId": connection.identity.session_id, "reason": reason, "timestamp": Timestamp::now() }),
             );
             let _ = socket.disconnect();
             return;
         }
-        Ok(OnConnect::Foreign) => {
+        Some(Admission::ForeignSession) | None => {
             let _ = socket.emit(
                 "error",
                 &json!({ "code": "forbidden", "message": "the token's session belongs to another user", "event": "connect" }),
@@ -126,24 +204,12 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
             let _ = socket.disconnect();
             return;
         }
-        Err(e) => {
-            tracing::error!(socket = %socket.id, error = %e, "could not record the session; continuing without it");
-        }
     }
-    if state.config.realtime.single_connection_per_user {
-        replace_older_connections(&socket, &state, identity).await;
-    }
-    let mut rooms = vec![user_room(&identity.user_id)];
-    rooms.extend(identity.roles.iter().map(|role| role_room(role)));
-    if let Some(session) = &identity.session_id {
-        rooms.push(session_room(session));
-    }
-    socket.join(rooms);
+    let identity = &connection.identity;
     tracing::info!(socket = %socket.id, user = %identity.user_id, "connected");
     if state.config.realtime.presence_events {
         announce_presence(&socket, &state, identity, true).await;
     }
-
     let _ = socket.emit(
         "connected",
         &json!({
@@ -155,6 +221,19 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
         }),
     );
     replay(&socket, &state, identity).await;
+}
+
+/// For a socket that is about to be dropped: every event with an ack is
+/// answered with the reason, so no client waits on a callback that never
+/// comes.
+fn refuse_all_events<A: Adapter>(socket: &SocketRef<A>, admission: Admission) {
+    socket.on_fallback(move |Event(event): Event, reply: Reply<A>| async move {
+        let error = match admission {
+            Admission::SessionEnded => Error::Expired("the token's session has ended".into()),
+            _ => Error::Forbidden("the token's session belongs to another user".into()),
+        };
+        reply.answer(&event, Err(error));
+    });
 }
 
 /// `single_connection_per_user`: before this socket joins its user's room,
@@ -265,36 +344,65 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
         session_id: identity.session_id.clone(),
     };
     let mut reached = Vec::with_capacity(pending.len());
+    let mut missed = Vec::new();
     for notification in &pending {
-        if emit_waiting(socket, "critical_notification", &notification.to_wire(true)).await {
-            reached.push((notification, sent.clone()));
-        } else {
+        match emit_waiting(socket, "critical_notification", &notification.to_wire(true)).await {
+            Queued::Yes => reached.push((notification, sent.clone())),
             // Disconnected meanwhile: the rest is replayed on the next connect.
-            break;
+            Queued::Gone => break,
+            Queued::Stalled => {
+                // Not reading for too long: dropped, so a real client
+                // reconnects and gets the rest then.
+                tracing::warn!(socket = %socket.id, "replay stalled on a full send buffer; disconnecting");
+                let _ = socket.clone().disconnect();
+                missed.push((
+                    notification,
+                    sent.clone(),
+                    crate::realtime::SEND_BUFFER_FULL,
+                ));
+                break;
+            }
         }
     }
-    if let Err(e) = service::record_deliveries(state, &reached, true).await {
+    let (deliveries, events) = service::delivery_records(&reached, &missed, true);
+    if let Err(e) = service::record(state, deliveries, events, true).await {
         tracing::error!(socket = %socket.id, error = %e, "could not record replayed deliveries");
     }
 }
 
+/// Whether [`emit_waiting`] queued the event.
+enum Queued {
+    Yes,
+    /// The socket is gone.
+    Gone,
+    /// Its send buffer stayed full for [`STALLED_AFTER`].
+    Stalled,
+}
+
+/// How long a replay waits for a full send buffer to drain before it gives
+/// the socket up as stalled.
+const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Emits to one socket, waiting while its send buffer is full (a replay of
-/// hundreds of notifications outruns the socket's writer). False once the
-/// socket is gone.
+/// hundreds of notifications outruns the socket's writer), but not forever.
 async fn emit_waiting<A: Adapter, T: serde::Serialize + ?Sized>(
     socket: &SocketRef<A>,
     event: &str,
     payload: &T,
-) -> bool {
+) -> Queued {
+    let started = std::time::Instant::now();
     loop {
         match socket.emit(event, payload) {
-            Ok(()) => return true,
+            Ok(()) => return Queued::Yes,
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                if started.elapsed() >= STALLED_AFTER {
+                    return Queued::Stalled;
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
             Err(e) => {
                 tracing::debug!(socket = %socket.id, error = %e, "emit failed");
-                return false;
+                return Queued::Gone;
             }
         }
     }
@@ -386,7 +494,6 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
     socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
         let state = disconnect_state.clone();
         async move {
-            state.metrics.connected_sockets.dec();
             tracing::info!(socket = %socket.id, %reason, "disconnected");
             if state.config.realtime.presence_events
                 && let Some(connection) = socket.extensions.get::<Arc<Connection>>()

@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
+use socketioxide::socket::RemoteActionError;
+use socketioxide::{SendError, SocketError, SocketIo};
 
 use crate::clock::Timestamp;
 use crate::notifications::session_room;
@@ -44,6 +45,20 @@ pub struct Sent {
     pub session_id: Option<String>,
 }
 
+/// What [`HubOps::deliver`] did, socket by socket.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Sockets the event was queued for.
+    pub reached: Vec<Sent>,
+    /// Sockets it could not be queued for, with why. A socket whose send
+    /// buffer was full has been disconnected, so its client reconnects and
+    /// gets the event by replay.
+    pub missed: Vec<(Sent, &'static str)>,
+}
+
+/// Why an event could not be queued for a socket whose send buffer was full.
+pub const SEND_BUFFER_FULL: &str = "send_buffer_full";
+
 /// Per-connection data kept in the socket's extensions.
 #[derive(Debug)]
 pub struct Connection {
@@ -57,19 +72,25 @@ pub trait HubOps: Send + Sync + 'static {
     fn emit<'a>(&'a self, rooms: Vec<String>, event: &'a str, payload: Value) -> BoxFuture<'a, ()>;
     /// Emits to every socket of the namespace.
     fn emit_all<'a>(&'a self, event: &'a str, payload: Value) -> BoxFuture<'a, ()>;
-    /// Emits to each socket in `rooms` one by one and says which were reached.
-    fn deliver(
-        &self,
+    /// Emits to each socket in `rooms` one by one, except the sockets in
+    /// `skip`, and says which were reached and which were missed. Never
+    /// skips a socket in silence: one whose send buffer is full is
+    /// disconnected and listed in `missed`.
+    fn deliver<'a>(
+        &'a self,
         rooms: Vec<String>,
         event: &'static str,
         payload: Value,
-    ) -> BoxFuture<'_, Vec<Sent>>;
+        skip: &'a [String],
+    ) -> BoxFuture<'a, Delivered>;
     /// Sockets in `room`, or all sockets.
     fn sockets(&self, room: Option<String>) -> BoxFuture<'_, Vec<SocketInfo>>;
     /// Disconnects every socket in `room`; returns how many there were.
     fn disconnect(&self, room: String) -> BoxFuture<'_, usize>;
     /// Disconnects every socket of this daemon (shutdown).
     fn close(&self) -> BoxFuture<'_, ()>;
+    /// How many sockets are connected to this daemon.
+    fn local_count(&self) -> usize;
 }
 
 /// The handle the domain and HTTP layers use to reach sockets.
@@ -163,49 +184,76 @@ impl<A: Adapter> HubOps for SocketIo<A> {
         })
     }
 
-    fn deliver(
-        &self,
+    fn deliver<'a>(
+        &'a self,
         rooms: Vec<String>,
         event: &'static str,
         payload: Value,
-    ) -> BoxFuture<'_, Vec<Sent>> {
+        skip: &'a [String],
+    ) -> BoxFuture<'a, Delivered> {
         Box::pin(async move {
+            let mut delivered = Delivered::default();
             let sockets = match self.to(rooms.clone()).fetch_sockets().await {
                 Ok(sockets) => sockets,
                 Err(e) => {
                     // The cluster link is down: deliver to this daemon's
                     // sockets; the others get it by replay on reconnect.
                     tracing::warn!(event, error = %e, "could not list cluster sockets; delivering locally");
-                    let mut sent = Vec::new();
                     for socket in self.local().to(rooms).sockets() {
                         let info = info_from_rooms(socket.id.to_string(), &socket.rooms());
-                        if socket.emit(event, &payload).is_ok() {
-                            sent.push(Sent {
-                                socket_id: info.socket_id,
-                                user_id: info.user_id.unwrap_or_default(),
-                                session_id: info.session_id,
-                            });
+                        if skip.contains(&info.socket_id) {
+                            continue;
+                        }
+                        let sent = Sent {
+                            socket_id: info.socket_id,
+                            user_id: info.user_id.unwrap_or_default(),
+                            session_id: info.session_id,
+                        };
+                        match socket.emit(event, &payload) {
+                            Ok(()) => delivered.reached.push(sent),
+                            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                                tracing::warn!(event, socket = %sent.socket_id, "send buffer full; disconnecting the socket");
+                                let _ = socket.disconnect();
+                                delivered.missed.push((sent, SEND_BUFFER_FULL));
+                            }
+                            Err(e) => {
+                                tracing::debug!(event, socket = %sent.socket_id, error = %e, "socket gone before the emit")
+                            }
                         }
                     }
-                    return sent;
+                    return delivered;
                 }
             };
-            let mut sent = Vec::with_capacity(sockets.len());
             for socket in sockets {
                 let rooms = socket.rooms().await.unwrap_or_default();
                 let info = info_from_rooms(socket.data().id.to_string(), &rooms);
+                if skip.contains(&info.socket_id) {
+                    continue;
+                }
+                let sent = Sent {
+                    socket_id: info.socket_id,
+                    user_id: info.user_id.unwrap_or_default(),
+                    session_id: info.session_id,
+                };
                 match socket.emit(event, &payload).await {
-                    Ok(()) => sent.push(Sent {
-                        socket_id: info.socket_id,
-                        user_id: info.user_id.unwrap_or_default(),
-                        session_id: info.session_id,
-                    }),
+                    Ok(()) => delivered.reached.push(sent),
+                    Err(RemoteActionError::Socket(SocketError::InternalChannelFull)) => {
+                        tracing::warn!(event, socket = %sent.socket_id, "send buffer full; disconnecting the socket");
+                        if let Err(e) = socket.disconnect().await {
+                            tracing::warn!(socket = %sent.socket_id, error = %e, "could not disconnect a full socket");
+                        }
+                        delivered.missed.push((sent, SEND_BUFFER_FULL));
+                    }
+                    Err(RemoteActionError::Socket(e)) => {
+                        tracing::debug!(event, socket = %sent.socket_id, error = %e, "socket gone before the emit")
+                    }
                     Err(e) => {
-                        tracing::warn!(event, socket = %info.socket_id, error = %e, "emit failed")
+                        tracing::warn!(event, socket = %sent.socket_id, error = %e, "emit failed");
+                        delivered.missed.push((sent, "emit_failed"));
                     }
                 }
             }
-            sent
+            delivered
         })
     }
 
@@ -269,5 +317,9 @@ impl<A: Adapter> HubOps for SocketIo<A> {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(SocketIo::close(self))
+    }
+
+    fn local_count(&self) -> usize {
+        self.local().sockets().len()
     }
 }

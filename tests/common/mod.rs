@@ -51,6 +51,8 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub database_url: String,
     extra_config: String,
+    /// `logging.level` written to the config file.
+    pub log_level: String,
 }
 
 impl TestEnv {
@@ -70,6 +72,7 @@ impl TestEnv {
             dir,
             database_url,
             extra_config: extra.to_string(),
+            log_level: "readback=debug,info".into(),
         }
     }
 
@@ -80,8 +83,8 @@ impl TestEnv {
     fn write_config(&self) -> PathBuf {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[auth]\njwt_secret = \"{SECRET}\"\nleeway = \"0s\"\n\n\
-             [database]\nurl = \"{}\"\n\n[logging]\nlevel = \"readback=debug,info\"\n\n{}\n",
-            self.database_url, self.extra_config
+             [database]\nurl = \"{}\"\n\n[logging]\nlevel = \"{}\"\n\n{}\n",
+            self.database_url, self.log_level, self.extra_config
         );
         let path = self.config_path();
         std::fs::write(&path, text).expect("write config");
@@ -202,6 +205,14 @@ impl Daemon {
     /// SIGKILL: no drain, no goodbye — a crash.
     pub async fn kill9(mut self) {
         self.child.kill().await.expect("kill");
+    }
+
+    /// The exit status if the daemon exits within `limit`, else `None`.
+    pub async fn exits_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .map(|status| status.expect("wait"))
     }
 
     /// SIGTERM, and the exit status.
@@ -464,6 +475,69 @@ impl Clients {
             .await
             .unwrap_or_else(|e| panic!("{name} could not connect: {e}"));
         self.next_event(name, "connected").await
+    }
+
+    /// Connects like a viewer that does not wait: each of `early`
+    /// (`(event, args)`) is emitted with an ack before the CONNECT arrives
+    /// (socket.io-client flushes them the moment it is connected), and each
+    /// of `on_connect` (`{ method, url, token, body? }`) is sent over HTTP
+    /// from inside the client's `connect` listener. Returns the acks' answers
+    /// and the HTTP replies (`{ status, body }`), in the order given.
+    pub async fn connect_eager(
+        &self,
+        name: &str,
+        token: &str,
+        early: &[(&str, Value)],
+        on_connect: &[Value],
+    ) -> (Vec<Value>, Vec<Value>) {
+        let mut early_reqs = Vec::new();
+        let early: Vec<Value> = early
+            .iter()
+            .map(|(event, args)| {
+                let req = self.next_request.fetch_add(1, Ordering::Relaxed);
+                early_reqs.push(req);
+                json!({ "event": event, "args": args, "req": req })
+            })
+            .collect();
+        let mut http_reqs = Vec::new();
+        let on_connect: Vec<Value> = on_connect
+            .iter()
+            .map(|request| {
+                let req = self.next_request.fetch_add(1, Ordering::Relaxed);
+                http_reqs.push(req);
+                let mut request = request.clone();
+                request["req"] = json!(req);
+                request
+            })
+            .collect();
+        self.command(json!({
+            "op": "connect", "name": name, "url": self.base_url,
+            "options": { "auth": { "token": token } },
+            "early": early, "onConnect": on_connect,
+        }))
+        .await;
+        let mut acks = Vec::new();
+        for req in early_reqs {
+            let answer = self
+                .wait_for(&format!("the ack of early emit {req} from {name}"), |m| {
+                    m["type"] == "ack" && m["req"] == req
+                })
+                .await;
+            acks.push(match answer.get("error") {
+                Some(error) => json!({ "noAnswer": error }),
+                None => answer["value"].clone(),
+            });
+        }
+        let mut replies = Vec::new();
+        for req in http_reqs {
+            let reply = self
+                .wait_for(&format!("HTTP request {req} from {name}'s connect"), |m| {
+                    m["type"] == "http" && m["req"] == req
+                })
+                .await;
+            replies.push(reply);
+        }
+        (acks, replies)
     }
 
     pub async fn emit(&self, name: &str, event: &str, args: Value) {

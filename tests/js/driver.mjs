@@ -1,7 +1,13 @@
 // Drives real socket.io-client sockets for the Rust integration tests.
 // Reads one JSON command per line on stdin, writes one JSON message per line
 // on stdout. Commands:
-//   {op:"connect", name, url, options}       -> {type:"connect", name, id} | {type:"connect_error", name, message}
+//   {op:"connect", name, url, options, early, onConnect}
+//                                            -> {type:"connect", name, id} | {type:"connect_error", name, message}
+//     early:     [{event, args, req}] emitted with an ack right after io(), before
+//                the CONNECT arrives: socket.io-client buffers them and flushes them
+//                the moment it is connected (what a viewer clicked during a blip).
+//     onConnect: [{method, url, token, body, req}] HTTP requests started inside the
+//                `connect` listener, before anything else runs -> {type:"http", req, status, body}
 //   {op:"emit", name, event, args, ack, req} -> {type:"ack", req, value} when ack
 //   {op:"close", name}                       -> {type:"closed", name}
 // Every event a socket receives:              {type:"event", name, event, args}
@@ -13,7 +19,7 @@ import tls from "node:tls";
 const sockets = new Map();
 const out = (msg) => process.stdout.write(JSON.stringify(msg) + "\n");
 
-function connect({ name, url, options }) {
+function connect({ name, url, options, early = [], onConnect = [] }) {
   const socket = io(url, {
     forceNew: true,
     reconnection: false,
@@ -21,7 +27,11 @@ function connect({ name, url, options }) {
     ...options,
   });
   sockets.set(name, socket);
-  socket.on("connect", () => out({ type: "connect", name, id: socket.id }));
+  for (const { event, args, req } of early) emit({ name, event, args, ack: true, req });
+  socket.on("connect", () => {
+    for (const request of onConnect) http(request);
+    out({ type: "connect", name, id: socket.id });
+  });
   socket.on("connect_error", (err) => out({ type: "connect_error", name, message: err.message }));
   socket.on("disconnect", (reason) => out({ type: "disconnect", name, reason }));
   socket.onAny((event, ...args) => out({ type: "event", name, event, args }));
@@ -37,6 +47,22 @@ function emit({ name, event, args, ack, req }) {
     });
   } else {
     socket.emit(event, ...args);
+  }
+}
+
+async function http({ method, url, token, body, req }) {
+  try {
+    const response = await fetch(url, {
+      method,
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await response.text();
+    let parsed;
+    try { parsed = JSON.parse(text); } catch { parsed = text; }
+    out({ type: "http", req, status: response.status, body: parsed });
+  } catch (err) {
+    out({ type: "http", req, error: String(err) });
   }
 }
 
