@@ -331,7 +331,8 @@ pub struct SmtpConfig {
     pub url: Option<String>,
     /// The sender, e.g. `readback@hospital.example` or `Readback <readback@hospital.example>`.
     pub from: Option<String>,
-    /// How long one SMTP conversation may take.
+    /// How long one SMTP attempt may take, from connecting to the answer to
+    /// DATA; a claimed email is leased for this plus 5 s.
     #[serde(default = "default_smtp_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// First retry delay after a transient failure; doubles per attempt.

@@ -3,10 +3,12 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
+use sqlx::{Executor, Row};
 
 /// Level 1 at the deadline to the recipient and the on-call; level 2 two
 /// seconds later to the chief.
@@ -27,6 +29,9 @@ both_databases!(
     an_smtp_outage_delays_but_loses_nothing,
     a_crash_between_levels_neither_repeats_nor_skips,
     a_permanent_refusal_is_recorded_and_not_retried,
+    a_crash_after_the_servers_250_resends_with_the_same_message_id,
+    a_crash_before_the_server_accepts_sends_after_the_lease,
+    a_server_that_stops_answering_is_cut_off_after_the_timeout,
 );
 
 /// Raises for alice (whose e-mail the daemon learnt from her token) with a
@@ -369,5 +374,244 @@ async fn a_permanent_refusal_is_recorded_and_not_retried(db: Db) {
         env.count("SELECT COUNT(*) FROM audit_log WHERE action = 'email.failed' AND outcome = 'failed' AND notification_id = $1", id).await,
         1
     );
+    assert_eq!(smtp.mails().len(), 1);
+}
+
+/// One level, at the deadline, to `to` only; logs at debug level to files
+/// in `logs` (the harness's config has its own `[logging]` table, so this
+/// writes the whole config).
+fn one_level_logging_to(env: &TestEnv, smtp: &SmtpServer, to: &str, logs: &Path) -> PathBuf {
+    let path = env.dir.path().join("one-level.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[auth]\njwt_secret = \"{SECRET}\"\nleeway = \"0s\"\n\n\
+             [database]\nurl = \"{}\"\n\n[logging]\nlevel = \"readback=debug,info\"\ndir = \"{}\"\nrotation = \"never\"\n\n\
+             {}\n[scheduler]\ntick = \"100ms\"\n\n[[escalation.levels]]\nafter = \"0s\"\nto = [\"{to}\"]\n",
+            env.database_url,
+            logs.display(),
+            smtp.config()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Raises a notification due in one second; its id.
+async fn raise_due_in_a_second(daemon: &Daemon) -> String {
+    let reply = Http::default()
+        .post(
+            &daemon.api("/notifications"),
+            &service_token(),
+            &json!({
+                "recipient": { "userId": "alice" },
+                "severity": "critical",
+                "title": "Critical Finding Detected",
+                "ackWithin": 1000,
+            }),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.body["id"].as_str().unwrap().to_string()
+}
+
+/// Waits until one line of the daemon's log files contains every needle.
+async fn wait_for_log(logs: &Path, needles: &[&str]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found = std::fs::read_dir(logs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+            .any(|text| {
+                text.lines()
+                    .any(|line| needles.iter().all(|n| line.contains(n)))
+            });
+        if found {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {needles:?} in the log"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The outbox row of a notification's only email: (state, attempts).
+async fn outbox_row(conn: &mut sqlx::AnyConnection, id: &str) -> (String, i64) {
+    let row = sqlx::query("SELECT state, attempts FROM email_outbox WHERE notification_id = $1")
+        .bind(id.to_string())
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// The window at-least-once leaves: the server has said `250`, the daemon
+/// dies before it records that. The retry carries the same `Message-ID`,
+/// and the outbox and audit log then show the email sent once.
+async fn a_crash_after_the_servers_250_resends_with_the_same_message_id(db: Db) {
+    let smtp = SmtpServer::start().await;
+    let env = TestEnv::new(db).await;
+    let logs = env.dir.path().join("logs");
+    let config = one_level_logging_to(&env, &smtp, "hold-oncall@hospital.example", &logs);
+    let daemon = Daemon::start(&config).await;
+    let id = raise_due_in_a_second(&daemon).await;
+
+    // The server has stored the message and holds its 250.
+    let first = smtp.wait_for(1).await;
+    assert!(
+        first[0].message_id.starts_with(&format!("<{id}.1.")),
+        "{}",
+        first[0].message_id
+    );
+    // Take the database's write lock so the daemon cannot record the send,
+    // then let the 250 go.
+    let mut lock = env.sql().await;
+    match db {
+        Db::Sqlite => lock.execute("BEGIN IMMEDIATE").await.unwrap(),
+        Db::Postgres => {
+            lock.execute("BEGIN").await.unwrap();
+            lock.execute("LOCK TABLE email_outbox IN EXCLUSIVE MODE")
+                .await
+                .unwrap()
+        }
+    };
+    smtp.release_held();
+    // The daemon logs this after the 250, before its settle transaction.
+    wait_for_log(
+        &logs,
+        &[
+            "accepted by the SMTP server; recording it",
+            &first[0].message_id,
+        ],
+    )
+    .await;
+    assert_eq!(outbox_row(&mut lock, &id).await, ("sending".to_string(), 1));
+    daemon.kill9().await;
+    lock.execute("ROLLBACK").await.unwrap();
+    drop(lock);
+    assert_eq!(
+        env.count(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'email.sent' AND notification_id = $1",
+            &id
+        )
+        .await,
+        0,
+        "the crash came before the record"
+    );
+
+    // When the lease runs out the restarted daemon sends it again.
+    let _daemon = Daemon::start(&config).await;
+    let both = smtp.wait_for(2).await;
+    assert_eq!(both[0].message_id, both[1].message_id, "{both:#?}");
+    assert_eq!(both[0].to, both[1].to);
+    env.wait_count(
+        "SELECT COUNT(*) FROM email_outbox WHERE state = 'sent' AND notification_id = $1",
+        &id,
+        1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.mails().len(), 2);
+    assert_eq!(
+        outbox_row(&mut env.sql().await, &id).await,
+        ("sent".to_string(), 2)
+    );
+    assert_eq!(
+        env.count(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'email.sent' AND notification_id = $1",
+            &id
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        env.count(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'email.failed' AND notification_id = $1",
+            &id
+        )
+        .await,
+        0
+    );
+}
+
+/// A crash after the claim, before the server accepted anything: nothing
+/// is lost, and the email is sent once when the lease runs out.
+async fn a_crash_before_the_server_accepts_sends_after_the_lease(db: Db) {
+    let smtp = SmtpServer::start().await;
+    let env = TestEnv::new(db).await;
+    let logs = env.dir.path().join("logs");
+    let config = one_level_logging_to(&env, &smtp, "stall-oncall@hospital.example", &logs);
+    let daemon = Daemon::start(&config).await;
+    let id = raise_due_in_a_second(&daemon).await;
+
+    // Claimed; the server holds its answer to RCPT, so nothing is accepted.
+    env.wait_count(
+        "SELECT COUNT(*) FROM email_outbox WHERE state = 'sending' AND notification_id = $1",
+        &id,
+        1,
+    )
+    .await;
+    daemon.kill9().await;
+    assert!(smtp.mails().is_empty());
+    smtp.release_held();
+
+    let _daemon = Daemon::start(&config).await;
+    let mails = smtp.wait_for(1).await;
+    assert!(mails[0].message_id.starts_with(&format!("<{id}.1.")));
+    env.wait_count(
+        "SELECT COUNT(*) FROM email_outbox WHERE state = 'sent' AND notification_id = $1",
+        &id,
+        1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.mails().len(), 1);
+    assert_eq!(
+        outbox_row(&mut env.sql().await, &id).await,
+        ("sent".to_string(), 2)
+    );
+    assert_eq!(
+        env.count(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'email.sent' AND notification_id = $1",
+            &id
+        )
+        .await,
+        1
+    );
+}
+
+/// An SMTP server that stops answering mid-conversation: the attempt is
+/// cut off after `smtp.timeout` (lettre alone bounds only the connect) and
+/// retried on a fresh connection, and the email then arrives once.
+async fn a_server_that_stops_answering_is_cut_off_after_the_timeout(db: Db) {
+    let smtp = SmtpServer::start().await;
+    let env = TestEnv::new(db).await;
+    let logs = env.dir.path().join("logs");
+    let config = one_level_logging_to(&env, &smtp, "stall-oncall@hospital.example", &logs);
+    let daemon = Daemon::start(&config).await;
+    let id = raise_due_in_a_second(&daemon).await;
+
+    env.wait_count(
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'email.failed' AND outcome = 'retry' \
+         AND detail LIKE '%no answer within smtp.timeout (2s)%' AND notification_id = $1",
+        &id,
+        1,
+    )
+    .await;
+    assert!(smtp.mails().is_empty());
+    smtp.release_held();
+    let mails = smtp.wait_for(1).await;
+    assert!(mails[0].message_id.starts_with(&format!("<{id}.1.")));
+    env.wait_count(
+        "SELECT COUNT(*) FROM email_outbox WHERE state = 'sent' AND notification_id = $1",
+        &id,
+        1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(smtp.mails().len(), 1);
 }

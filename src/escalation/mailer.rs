@@ -1,18 +1,24 @@
 //! The outbox sender: delivers queued escalation emails over SMTP.
 //!
-//! Owns: the SMTP (or file) transport, claiming due outbox rows with a
-//! lease, sending each with its stored `Message-ID`, and recording every
-//! attempt — sent, retried (transient errors, with backoff), failed
-//! (permanent errors, or too many attempts), skipped (the notification was
-//! acknowledged or cancelled meanwhile) — in the outbox and the audit log.
-//! A crash while sending leaves the row leased; when the lease runs out
-//! the email is sent again with the same `Message-ID`.
-//! Never: send an email that is not in the outbox, or drop one silently.
+//! Owns: the SMTP (or file) transport, claiming due outbox rows one at a
+//! time with a lease, sending each with its stored `Message-ID`, and
+//! recording every attempt — sent, retried (transient errors, with backoff),
+//! failed (permanent errors, or too many attempts), skipped (the
+//! notification was acknowledged or cancelled meanwhile) — in the outbox and
+//! the audit log.
+//! Delivery to the SMTP server is at least once, not exactly once: between
+//! the server's `250` and the commit that records it, a crash or a lost
+//! database leaves the row leased, and when the lease runs out the email is
+//! sent again with the same `Message-ID`. That window is kept to the one
+//! short settle transaction, on a connection held since before the send.
+//! Never: send an email that is not in the outbox, drop one silently, or put
+//! anything but that transaction between the server's `250` and its commit.
 
 use std::time::Duration;
 
 use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
+use lettre::transport::smtp::AsyncSmtpTransportBuilder;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -37,6 +43,22 @@ enum Transport {
 pub struct Mailer {
     transport: Transport,
     from: Mailbox,
+    /// To replace the SMTP transport after an attempt that ran out of time.
+    smtp_builder: Option<AsyncSmtpTransportBuilder>,
+    /// The bound on one whole attempt (`smtp.timeout`).
+    timeout: Duration,
+}
+
+/// What a lease adds to `smtp.timeout`: the database work before the send
+/// and the settle after it.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long a claimed email is reserved for its sender: one SMTP attempt,
+/// which [`Mailer`] bounds by `smtp.timeout`, plus [`LEASE_MARGIN`]. A
+/// sender that crashed mid-attempt has its email retried when this runs
+/// out.
+fn lease(config: &SmtpConfig) -> Duration {
+    config.timeout + LEASE_MARGIN
 }
 
 /// How one attempt ended.
@@ -53,21 +75,28 @@ impl Mailer {
             return Ok(None);
         };
         let from: Mailbox = from.parse().map_err(|e| format!("smtp.from: {e}"))?;
-        let transport = if let Some(dir) = url.strip_prefix("file://") {
+        let (transport, smtp_builder) = if let Some(dir) = url.strip_prefix("file://") {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("smtp.url: cannot create {dir}: {e}"))?;
-            Transport::File(AsyncFileTransport::new(dir))
+            (Transport::File(AsyncFileTransport::new(dir)), None)
         } else {
-            let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+            let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
                 .map_err(|e| format!("smtp.url: {e}"))?
-                .timeout(Some(config.timeout))
-                .build();
-            Transport::Smtp(transport)
+                .timeout(Some(config.timeout));
+            (Transport::Smtp(builder.clone().build()), Some(builder))
         };
-        Ok(Some(Self { transport, from }))
+        Ok(Some(Self {
+            transport,
+            from,
+            smtp_builder,
+            timeout: config.timeout,
+        }))
     }
 
-    async fn send(&self, email: &OutboxEmail) -> Attempt {
+    /// One attempt, at most `smtp.timeout` long. Returns as soon as the
+    /// server has answered the message's DATA: the connection stays in
+    /// lettre's pool, so no QUIT round trip follows the `250`.
+    async fn send(&mut self, email: &OutboxEmail) -> Attempt {
         let to: Mailbox = match email.address.parse() {
             Ok(to) => to,
             Err(e) => return Attempt::Permanent(format!("bad address: {e}")),
@@ -83,16 +112,34 @@ impl Mailer {
             Ok(message) => message,
             Err(e) => return Attempt::Permanent(format!("cannot build the message: {e}")),
         };
-        match &self.transport {
-            Transport::Smtp(smtp) => match smtp.send(message).await {
-                Ok(_) => Attempt::Sent,
-                Err(e) if e.is_permanent() => Attempt::Permanent(e.to_string()),
-                Err(e) => Attempt::Transient(e.to_string()),
-            },
-            Transport::File(file) => match file.send(message).await {
-                Ok(_) => Attempt::Sent,
-                Err(e) => Attempt::Transient(e.to_string()),
-            },
+        let smtp = match &self.transport {
+            Transport::Smtp(smtp) => smtp,
+            Transport::File(file) => {
+                return match file.send(message).await {
+                    Ok(_) => Attempt::Sent,
+                    Err(e) => Attempt::Transient(e.to_string()),
+                };
+            }
+        };
+        // lettre's own timeout bounds only the connect; a server that stops
+        // answering mid-conversation would otherwise hold the email past
+        // its lease (and the whole outbox with it).
+        match tokio::time::timeout(self.timeout, smtp.send(message)).await {
+            Ok(Ok(_)) => Attempt::Sent,
+            Ok(Err(e)) if e.is_permanent() => Attempt::Permanent(e.to_string()),
+            Ok(Err(e)) => Attempt::Transient(e.to_string()),
+            Err(_) => {
+                // The abandoned connection may be mid-command: shut its pool
+                // so it is closed, never reused, and start a fresh one.
+                smtp.shutdown().await;
+                if let Some(builder) = &self.smtp_builder {
+                    self.transport = Transport::Smtp(builder.clone().build());
+                }
+                Attempt::Transient(format!(
+                    "no answer within smtp.timeout ({})",
+                    humantime::format_duration(self.timeout)
+                ))
+            }
         }
     }
 }
@@ -105,7 +152,7 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let Some(mailer) = mailer else {
+        let Some(mut mailer) = mailer else {
             tracing::info!("smtp.url is not set: escalation emails wait in the outbox");
             return;
         };
@@ -117,9 +164,7 @@ pub fn spawn(
                 _ = tick.tick() => {},
                 _ = state.outbox_wake.notified() => {},
             }
-            // A pass that was started finishes (its emails are settled)
-            // before shutdown is looked at again.
-            if let Err(e) = send_due(&state, &mailer).await {
+            if let Err(e) = send_due(&state, &mut mailer, &shutdown).await {
                 tracing::warn!(error = %e, "outbox pass failed; retrying next tick");
             }
         }
@@ -127,29 +172,39 @@ pub fn spawn(
     })
 }
 
-/// One pass: claim what is due and try each email once.
-pub async fn send_due(state: &AppState, mailer: &Mailer) -> Result<usize, StoreError> {
-    let now = Timestamp::now();
-    // The lease outlives one SMTP conversation, so only a crashed sender's
-    // rows are taken over.
-    let lease = now.plus(state.config.smtp.timeout * 2 + Duration::from_secs(5));
-    let emails = {
-        let mut tx = state.store.begin().await?;
-        let emails = sql::claim_outbox(&mut tx, now, lease).await?;
-        tx.commit().await?;
-        emails
-    };
-    for email in &emails {
-        settle(state, mailer, email).await?;
+/// One pass: claims due emails one at a time and tries each once, until
+/// none is due or shutdown is asked for. A claimed email is tried and
+/// settled before shutdown is looked at again.
+pub async fn send_due(
+    state: &AppState,
+    mailer: &mut Mailer,
+    shutdown: &CancellationToken,
+) -> Result<usize, StoreError> {
+    let mut attempted = 0;
+    while !shutdown.is_cancelled() {
+        let now = Timestamp::now();
+        let email = {
+            let mut tx = state.store.begin().await?;
+            let email = sql::claim_email(&mut tx, now, now.plus(lease(&state.config.smtp))).await?;
+            tx.commit().await?;
+            email
+        };
+        let Some(email) = email else { break };
+        settle(state, mailer, &email).await?;
+        attempted += 1;
     }
-    Ok(emails.len())
+    Ok(attempted)
 }
 
-async fn settle(state: &AppState, mailer: &Mailer, email: &OutboxEmail) -> Result<(), StoreError> {
-    let notification = {
-        let mut conn = state.store.conn().await?;
-        notifications_sql::find(&mut conn, &email.notification_id).await?
-    };
+async fn settle(
+    state: &AppState,
+    mailer: &mut Mailer,
+    email: &OutboxEmail,
+) -> Result<(), StoreError> {
+    // Taken before the send and kept until the outcome is committed: after
+    // the server's `250` nothing waits for the pool.
+    let mut conn = state.store.conn().await?;
+    let notification = notifications_sql::find(&mut conn, &email.notification_id).await?;
     let closed = notification
         .as_ref()
         .is_some_and(|n| matches!(n.state, State::Acknowledged | State::Cancelled));
@@ -158,7 +213,12 @@ async fn settle(state: &AppState, mailer: &Mailer, email: &OutboxEmail) -> Resul
         ("skipped", None, Timestamp::now())
     } else {
         match mailer.send(email).await {
-            Attempt::Sent => ("sent", None, Timestamp::now()),
+            Attempt::Sent => {
+                // Until the commit below, a crash means this email is sent
+                // again (same Message-ID); this line is how that shows.
+                tracing::debug!(notification = %email.notification_id, level = email.level, message_id = %email.message_id, "escalation email accepted by the SMTP server; recording it");
+                ("sent", None, Timestamp::now())
+            }
             Attempt::Permanent(error) => ("failed", Some(error), Timestamp::now()),
             Attempt::Transient(error) if email.attempts >= smtp.max_attempts => {
                 ("failed", Some(error), Timestamp::now())
@@ -192,7 +252,7 @@ async fn settle(state: &AppState, mailer: &Mailer, email: &OutboxEmail) -> Resul
         Some(n) => event = event.about(n),
         None => event.notification_id = Some(email.notification_id.clone()),
     }
-    let mut tx = state.store.begin().await?;
+    let mut tx = state.store.begin_on(&mut conn).await?;
     sql::settle(
         &mut tx,
         email.seq,

@@ -145,8 +145,11 @@ pub fn retry_delay(attempts: u32, base: Duration, max: Duration) -> Duration {
     base.saturating_mul(factor).min(max)
 }
 
-/// A stable `Message-ID` for one outbox row, reused on every retry so a
-/// receiving system can recognise a repeat.
+/// A stable `Message-ID` for one outbox row — the same for the same
+/// notification, level and address — reused on every retry. Delivery is at
+/// least once (a crash between the server's `250` and the daemon's record
+/// of it sends the email again), so this is what lets a receiving system or
+/// a reader recognise the repeat.
 pub fn message_id(notification_id: &str, level: u32, address: &str, domain: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = hex::encode(&Sha256::digest(address.as_bytes())[..8]);

@@ -7,7 +7,7 @@ use super::{StoreError, placeholders};
 use crate::clock::Timestamp;
 use crate::escalation::PlannedStep;
 
-/// How many due steps or emails one pass claims at most.
+/// How many due steps one pass claims at most.
 const BATCH: i64 = 100;
 
 /// Writes a notification's planned steps (in its raise transaction).
@@ -207,41 +207,38 @@ pub async fn enqueue(
     Ok(())
 }
 
-/// Claims emails that are due (or whose sender's lease ran out), leasing
-/// them until `lease_until` and counting the attempt.
-pub async fn claim_outbox(
+/// Claims the oldest email that is due (or whose sender's lease ran out),
+/// leasing it until `lease_until` and counting the attempt. One at a time,
+/// so a lease only has to outlast one SMTP conversation.
+pub async fn claim_email(
     conn: &mut AnyConnection,
     now: Timestamp,
     lease_until: Timestamp,
-) -> Result<Vec<OutboxEmail>, StoreError> {
+) -> Result<Option<OutboxEmail>, StoreError> {
     let due = "((state = 'pending' AND next_attempt_at <= $1) OR (state = 'sending' AND lease_until <= $1))";
-    let rows = sqlx::query(AssertSqlSafe(format!(
+    let row = sqlx::query(AssertSqlSafe(format!(
         "UPDATE email_outbox SET state = 'sending', lease_until = $2, attempts = attempts + 1 \
-         WHERE {due} AND seq IN (SELECT seq FROM email_outbox WHERE {due} ORDER BY seq LIMIT {BATCH}) \
+         WHERE {due} AND seq IN (SELECT seq FROM email_outbox WHERE {due} ORDER BY seq LIMIT 1) \
          RETURNING seq, step_seq, notification_id, level, address, message_id, subject, body, attempts"
     )))
     .bind(now.as_millis())
     .bind(lease_until.as_millis())
-    .fetch_all(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    let mut emails = rows
-        .iter()
-        .map(|row| {
-            Ok(OutboxEmail {
-                seq: row.try_get("seq")?,
-                step_seq: row.try_get("step_seq")?,
-                notification_id: row.try_get("notification_id")?,
-                level: row.try_get::<i64, _>("level")? as u32,
-                address: row.try_get("address")?,
-                message_id: row.try_get("message_id")?,
-                subject: row.try_get("subject")?,
-                body: row.try_get("body")?,
-                attempts: row.try_get::<i64, _>("attempts")? as u32,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    emails.sort_by_key(|e| e.seq);
-    Ok(emails)
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(Some(OutboxEmail {
+        seq: row.try_get("seq")?,
+        step_seq: row.try_get("step_seq")?,
+        notification_id: row.try_get("notification_id")?,
+        level: row.try_get::<i64, _>("level")? as u32,
+        address: row.try_get("address")?,
+        message_id: row.try_get("message_id")?,
+        subject: row.try_get("subject")?,
+        body: row.try_get("body")?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+    }))
 }
 
 /// Records the outcome of one attempt: `sent`, `failed` (given up),

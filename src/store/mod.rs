@@ -182,6 +182,21 @@ impl Store {
         })
     }
 
+    /// Starts a write transaction, as [`Store::begin`] does, on a connection
+    /// the caller already holds: for work that must not wait for the pool
+    /// at the moment it records something (the outbox sender after the SMTP
+    /// server's `250`).
+    pub async fn begin_on<'c>(
+        &self,
+        conn: &'c mut sqlx::pool::PoolConnection<Any>,
+    ) -> Result<Transaction<'c, Any>, StoreError> {
+        use sqlx::Connection;
+        Ok(match self.backend {
+            Backend::Sqlite => (**conn).begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => (**conn).begin().await?,
+        })
+    }
+
     /// A connection for reads outside a transaction.
     pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<Any>, StoreError> {
         Ok(self.pool.acquire().await?)

@@ -654,21 +654,26 @@ pub struct Mail {
 }
 
 /// A real SMTP server (aiosmtpd, installed by scripts/test.sh) on a free
-/// loopback port, storing every message it accepts in a maildir.
+/// loopback port, storing every message it accepts in a maildir. It refuses
+/// recipients named `reject…`; until [`SmtpServer::release_held`] it holds
+/// its reply to RCPT for `stall…` and its `250` to DATA for `hold…`
+/// (`tests/smtp/readback_test_smtp.py`).
 pub struct SmtpServer {
     child: Option<Child>,
     pub port: u16,
     maildir: PathBuf,
+    release: PathBuf,
 }
 
 impl SmtpServer {
     pub async fn start() -> Self {
         let port = free_port();
-        let maildir = tempfile::tempdir().unwrap().keep().join("maildir");
+        let dir = tempfile::tempdir().unwrap().keep();
         let mut server = Self {
             child: None,
             port,
-            maildir,
+            maildir: dir.join("maildir"),
+            release: dir.join("release"),
         };
         server.resume().await;
         server
@@ -684,6 +689,7 @@ impl SmtpServer {
                 "PYTHONPATH",
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp"),
             )
+            .env("READBACK_TEST_SMTP_RELEASE", &self.release)
             .arg(&self.maildir)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -692,6 +698,11 @@ impl SmtpServer {
             .expect("start aiosmtpd (python3 -m pip install aiosmtpd)");
         self.child = Some(child);
         wait_listening(self.port, "aiosmtpd").await;
+    }
+
+    /// Lets the held replies go, and every later one at once.
+    pub fn release_held(&self) {
+        std::fs::write(&self.release, "").unwrap();
     }
 
     /// Stops the server: connections are refused until `resume`.
