@@ -69,7 +69,7 @@ async fn measure(database: &'static str, url: &str) -> Figures {
     let fill_secs = started.elapsed().as_secs_f64();
     eprintln!("{database}: filled in {fill_secs:.1}s");
 
-    let verified = review::verify(&store)
+    let verified = review::verify(&store, &[])
         .await
         .expect("an untouched log verifies");
     let mut report_secs = Vec::new();

@@ -42,6 +42,19 @@ pub struct Config {
     pub cluster: ClusterConfig,
     #[serde(default)]
     pub realtime: RealtimeConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// The audit log's signed checkpoints.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Ed25519 private key (PKCS#8 PEM, from `readbackd audit keygen`) that
+    /// `audit checkpoint` signs with and `audit verify --checkpoint` checks
+    /// against. Read only by those commands, never by the daemon, so it can
+    /// be readable by the operator who runs them and not by `readback`.
+    pub checkpoint_key_file: Option<PathBuf>,
 }
 
 /// Ordinary real-time traffic beside critical findings: messages, topics,

@@ -93,9 +93,36 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Walk the hash chain; exit 1 naming the first row changed, deleted or
-    /// inserted out of order.
-    Verify(ConfigArg),
+    /// Walk the hash chain and check each finding against its content
+    /// digest; with --checkpoint, also prove the log still extends each
+    /// signed checkpoint. Exit 1 naming the first problem found.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A file written by `audit checkpoint` (repeat for several).
+        #[arg(long = "checkpoint", value_name = "FILE")]
+        checkpoints: Vec<PathBuf>,
+        /// Check signatures with this public key (`KEY.pub` from `audit
+        /// keygen`) instead of audit.checkpoint_key_file: for a reviewer
+        /// who does not hold the private key.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+    },
+    /// Verify the log, then write a statement of its last row and hash,
+    /// signed with audit.checkpoint_key_file, to keep off the host.
+    Checkpoint {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Write the checkpoint here instead of to stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Create a checkpoint signing key: FILE (private, mode 0600) and
+    /// FILE.pub (public, for reviewers). Never overwrites.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
@@ -175,28 +202,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 Ok(())
             })
         }
-        Command::Audit {
-            command: AuditCommand::Verify(arg),
-        } => {
-            let config = load(&arg)?;
-            runtime().block_on(async {
-                let store = Store::connect(&config.database).await.map_err(fail)?;
-                store.migrate().await.map_err(fail)?;
-                let verified = readback::audit::review::verify(&store).await;
-                store.close().await;
-                match verified {
-                    Ok(v) => {
-                        println!(
-                            "audit log verified: {} rows, chain intact ({:.2}s)",
-                            v.rows,
-                            v.took.as_secs_f64()
-                        );
-                        Ok(())
-                    }
-                    Err(e) => Err(fail(e)),
-                }
-            })
-        }
+        Command::Audit { command } => audit(command),
         Command::Report {
             config,
             from,
@@ -252,6 +258,134 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             runtime().block_on(serve(config, arg.config, &logging))
         }
     }
+}
+
+/// `readbackd audit …`. Verifying and checkpointing only read the
+/// database (no migrations), so they also run against a read-only replica
+/// or a restored copy.
+fn audit(command: AuditCommand) -> Result<(), ExitCode> {
+    use readback::audit::checkpoint::{self, CheckpointError, PublicKey, SigningKey};
+    use readback::audit::review::{self, Vouched};
+    let usage = |message: String| {
+        eprintln!("readbackd: {message}");
+        ExitCode::from(2)
+    };
+    let key_error = |error: CheckpointError| match error {
+        CheckpointError::Unusable { .. } => usage(error.to_string()),
+        CheckpointError::Rejected { .. } => {
+            eprintln!("readbackd: checkpoint refused: {error}");
+            ExitCode::from(1)
+        }
+    };
+    let signing_key = |config: &Config| match &config.audit.checkpoint_key_file {
+        Some(path) => SigningKey::read(path).map_err(key_error),
+        None => Err(usage(
+            "audit.checkpoint_key_file is not set (create a key with `readbackd audit keygen`)"
+                .into(),
+        )),
+    };
+    match command {
+        AuditCommand::Keygen { out } => {
+            let public = checkpoint::generate(&out).map_err(key_error)?;
+            println!(
+                "wrote {} (private: keep it from the daemon's user and off backups of the database) \
+                 and {} (public: give it to reviewers); key id {}",
+                out.display(),
+                checkpoint::public_path(&out).display(),
+                public.id()
+            );
+            Ok(())
+        }
+        AuditCommand::Checkpoint { config: arg, out } => {
+            let config = load(&arg)?;
+            let key = signing_key(&config)?;
+            let verified = runtime().block_on(async {
+                let store = Store::connect(&config.database).await.map_err(fail)?;
+                let verified = review::verify(&store, &[]).await;
+                store.close().await;
+                // Never sign a head the log does not support.
+                verified.map_err(|e| fail(format!("no checkpoint written: {e}")))
+            })?;
+            let statement = key.sign(verified.head_seq, &verified.head_hash, Timestamp::now());
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, statement.to_json())
+                        .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+                    println!(
+                        "checkpoint of row {} (hash {}) signed with key {} written to {}",
+                        statement.seq,
+                        statement.hash,
+                        statement.key_id,
+                        path.display()
+                    );
+                }
+                None => print!("{}", statement.to_json()),
+            }
+            Ok(())
+        }
+        AuditCommand::Verify {
+            config: arg,
+            checkpoints,
+            public_key,
+        } => {
+            let config = load(&arg)?;
+            let mut vouched = Vec::with_capacity(checkpoints.len());
+            if !checkpoints.is_empty() {
+                let key = match &public_key {
+                    Some(path) => PublicKey::read(path).map_err(key_error)?,
+                    None if config.audit.checkpoint_key_file.is_some() => {
+                        signing_key(&config)?.public_key()
+                    }
+                    None => {
+                        return Err(usage(
+                            "--checkpoint needs --public-key FILE or audit.checkpoint_key_file"
+                                .into(),
+                        ));
+                    }
+                };
+                for path in &checkpoints {
+                    vouched.push(Vouched {
+                        source: path.display().to_string(),
+                        checkpoint: checkpoint::Checkpoint::read_verified(path, &key)
+                            .map_err(key_error)?,
+                    });
+                }
+            }
+            runtime().block_on(async {
+                let store = Store::connect(&config.database).await.map_err(fail)?;
+                let verified = review::verify(&store, &vouched).await;
+                store.close().await;
+                let v = verified.map_err(fail)?;
+                let mut summary = format!(
+                    "audit log verified: {} rows, chain intact; {} match their content digests",
+                    v.rows,
+                    plural(v.findings, "finding", "findings"),
+                );
+                if v.undigested > 0 {
+                    summary.push_str(&format!(
+                        "; {} predate content digests (not compared)",
+                        plural(
+                            v.undigested,
+                            "notification.raised row",
+                            "notification.raised rows"
+                        )
+                    ));
+                }
+                if v.checkpoints > 0 {
+                    summary.push_str(&format!(
+                        "; extends {}",
+                        plural(v.checkpoints as u64, "checkpoint", "checkpoints")
+                    ));
+                }
+                println!("{summary} ({:.2}s)", v.took.as_secs_f64());
+                Ok(())
+            })
+        }
+    }
+}
+
+fn plural(count: u64, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
 }
 
 fn runtime() -> tokio::runtime::Runtime {

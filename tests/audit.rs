@@ -1,7 +1,8 @@
 //! The audit log as reviewers use it: every action of a scripted scenario,
 //! filters, pagination, CSV and NDJSON exports, the timeline, `audit
-//! verify` against tampering, and the time-to-acknowledge report. Every
-//! story runs on SQLite and PostgreSQL.
+//! verify` against tampering (rows, the chain head, a finding's content, a
+//! whole rewritten chain against signed checkpoints), and the
+//! time-to-acknowledge report. Every story runs on SQLite and PostgreSQL.
 
 mod common;
 
@@ -16,6 +17,9 @@ both_databases!(
     every_action_is_recorded_and_can_be_found,
     verify_names_the_row_that_was_changed_deleted_or_swapped,
     the_report_matches_a_hand_computed_scenario,
+    overwriting_a_row_or_moving_the_chain_head_is_refused,
+    editing_a_finding_is_detected_by_verify,
+    a_rewritten_chain_passes_verify_alone_but_not_an_earlier_checkpoint,
 );
 
 fn auditor() -> String {
@@ -358,14 +362,8 @@ async fn verify_names_the_row_that_was_changed_deleted_or_swapped(db: Db) {
     assert!(ok, "{output}");
     assert!(output.contains("4 rows"), "{output}");
 
-    // Someone with database access removes the guard and edits row 2.
-    match db {
-        Db::Sqlite => {
-            sql(&env, "DROP TRIGGER audit_log_no_update").await;
-            sql(&env, "DROP TRIGGER audit_log_no_delete").await;
-        }
-        Db::Postgres => sql(&env, "DROP TRIGGER audit_log_no_update_delete ON audit_log").await,
-    }
+    // Someone with database access removes the guards and edits row 2.
+    drop_guards(&env).await;
     sql(
         &env,
         "UPDATE audit_log SET actor_id = 'mallory' WHERE seq = 2",
@@ -569,4 +567,467 @@ async fn the_report_matches_a_hand_computed_scenario(db: Db) {
     );
     let cli: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(cli["rows"], report.body["rows"]);
+}
+
+/// Runs `readbackd` with `args`: its exit code and everything it printed.
+fn readbackd(args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_readbackd"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+fn path(path: &std::path::Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// What an attacker who owns the database does first: every trigger on the
+/// audit tables goes (dropped on SQLite, disabled on PostgreSQL).
+async fn drop_guards(env: &TestEnv) {
+    use sqlx::Row;
+    match env.db {
+        Db::Sqlite => {
+            let mut conn = env.sql().await;
+            let names: Vec<String> = sqlx::query(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' \
+                 AND tbl_name IN ('audit_log', 'audit_chain_head')",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+            assert!(!names.is_empty());
+            for name in names {
+                sql(env, &format!("DROP TRIGGER {name}")).await;
+            }
+        }
+        Db::Postgres => {
+            sql(env, "ALTER TABLE audit_log DISABLE TRIGGER USER").await;
+            sql(env, "ALTER TABLE audit_chain_head DISABLE TRIGGER USER").await;
+        }
+    }
+}
+
+async fn try_sql(env: &TestEnv, statement: &str) -> Result<(), String> {
+    use sqlx::Executor;
+    let mut conn = env.sql().await;
+    conn.execute(sqlx::AssertSqlSafe(statement.to_string()))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Every stored row, oldest first, and the chain head.
+async fn log_and_head(env: &TestEnv) -> (Vec<readback::audit::AuditRow>, (i64, String)) {
+    use readback::store::audit::{AuditFilter, head, page};
+    let mut conn = env.sql().await;
+    let rows = page(&mut conn, &AuditFilter::default(), 0, 10_000)
+        .await
+        .unwrap();
+    (rows, head(&mut conn).await.unwrap())
+}
+
+async fn raise_with_message(http: &Http, daemon: &Daemon, title: &str) -> String {
+    let reply = http
+        .post(
+            &daemon.api("/notifications"),
+            &service_token(),
+            &json!({
+                "recipient": { "userId": "alice" },
+                "severity": "critical",
+                "title": title,
+                "message": "Tension pneumothorax, right",
+                "patientId": "patient-789",
+                "studyId": "study-012",
+                "accessionNumber": "ACC-1",
+            }),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.body["id"].as_str().unwrap().to_string()
+}
+
+async fn overwriting_a_row_or_moving_the_chain_head_is_refused(db: Db) {
+    let env = TestEnv::new(db).await;
+    let daemon = env.start().await;
+    let http = Http::default();
+    for i in 0..3 {
+        http.raise(&daemon, json!({ "userId": "alice" }), &format!("n{i}"))
+            .await;
+    }
+    assert_eq!(daemon.terminate().await.code(), Some(0));
+    let (rows, head) = log_and_head(&env).await;
+    assert_eq!(rows.len(), 3);
+    assert_eq!(head, (3, rows[2].hash.clone()));
+
+    let columns = "(seq, at, action, outcome, detail, prev_hash, hash)";
+    let forged = |seq: i64| format!("({seq}, 0, 'notification.raised', 'ok', '{{}}', 'x', 'y')");
+    let mut attempts = match db {
+        // REPLACE deletes the old row without firing DELETE triggers.
+        Db::Sqlite => vec![
+            format!(
+                "INSERT OR REPLACE INTO audit_log {columns} VALUES {}",
+                forged(2)
+            ),
+            format!("REPLACE INTO audit_log {columns} VALUES {}", forged(3)),
+            format!(
+                "INSERT INTO audit_log {columns} VALUES {} ON CONFLICT (seq) DO UPDATE SET actor_id = 'mallory'",
+                forged(1)
+            ),
+            format!(
+                "INSERT OR REPLACE INTO audit_chain_head (id, seq, hash) VALUES (1, 2, '{}')",
+                rows[1].hash
+            ),
+        ],
+        Db::Postgres => vec![
+            format!(
+                "INSERT INTO audit_log {columns} VALUES {} ON CONFLICT (seq) DO UPDATE SET actor_id = 'mallory'",
+                forged(2)
+            ),
+            format!("INSERT INTO audit_log {columns} VALUES {}", forged(3)),
+            format!(
+                "INSERT INTO audit_log {columns} VALUES {} ON CONFLICT DO NOTHING",
+                forged(1)
+            ),
+            "TRUNCATE audit_chain_head".to_string(),
+        ],
+    };
+    attempts.extend([
+        // The head moved back, to a made-up hash, or past the last row.
+        format!(
+            "UPDATE audit_chain_head SET seq = 2, hash = '{}' WHERE id = 1",
+            rows[1].hash
+        ),
+        format!(
+            "UPDATE audit_chain_head SET hash = '{}' WHERE id = 1",
+            "f".repeat(64)
+        ),
+        format!(
+            "UPDATE audit_chain_head SET seq = 9, hash = '{}' WHERE id = 1",
+            rows[2].hash
+        ),
+        "DELETE FROM audit_chain_head".to_string(),
+        // A row slipped in behind the head.
+        format!("INSERT INTO audit_log {columns} VALUES {}", forged(0)),
+    ]);
+    for attempt in &attempts {
+        let refused = try_sql(&env, attempt).await;
+        assert!(refused.is_err(), "not refused: {attempt}");
+        let (after, head_after) = log_and_head(&env).await;
+        assert_eq!(after, rows, "changed by: {attempt}");
+        assert_eq!(head_after, head, "head changed by: {attempt}");
+    }
+    let (ok, output) = verify(&env);
+    assert!(ok && output.contains("3 rows"), "{output}");
+
+    // The daemon still appends under the guards.
+    let daemon = env.start().await;
+    http.raise(&daemon, json!({ "userId": "alice" }), "n3")
+        .await;
+    assert_eq!(daemon.terminate().await.code(), Some(0));
+    let (ok, output) = verify(&env);
+    assert!(ok && output.contains("4 rows"), "{output}");
+}
+
+async fn editing_a_finding_is_detected_by_verify(db: Db) {
+    let env = TestEnv::new(db).await;
+    let daemon = env.start().await;
+    let http = Http::default();
+    let first = raise_with_message(&http, &daemon, "Pneumothorax").await;
+    let second = raise_with_message(&http, &daemon, "Free air").await;
+    assert_eq!(daemon.terminate().await.code(), Some(0));
+    let (rows, _) = log_and_head(&env).await;
+    let raised = rows
+        .iter()
+        .find(|r| r.notification_id.as_deref() == Some(second.as_str()))
+        .unwrap();
+    let detail: Value = serde_json::from_str(&raised.detail).unwrap();
+    assert_eq!(detail["contentDigest"].as_str().map(str::len), Some(64));
+    let (ok, output) = verify(&env);
+    assert!(ok && output.contains("2 findings"), "{output}");
+
+    // Each field a reviewer relies on, changed in the notifications table
+    // (which has no guard of its own), is caught and named.
+    for (column, value) in [
+        ("title", "'Nothing to see'"),
+        ("message", "NULL"),
+        ("severity", "'actionable'"),
+        ("recipient_user_id", "'bob'"),
+        ("patient_id", "'patient-000'"),
+        ("accession_number", "'ACC-2'"),
+        ("ack_deadline", "ack_deadline + 3600000"),
+    ] {
+        let original = match column {
+            "title" => "'Free air'".to_string(),
+            "message" => "'Tension pneumothorax, right'".into(),
+            "severity" => "'critical'".into(),
+            "recipient_user_id" => "'alice'".into(),
+            "patient_id" => "'patient-789'".into(),
+            "accession_number" => "'ACC-1'".into(),
+            _ => "ack_deadline - 3600000".into(),
+        };
+        sql(
+            &env,
+            &format!("UPDATE notifications SET {column} = {value} WHERE id = '{second}'"),
+        )
+        .await;
+        let (ok, output) = verify(&env);
+        assert!(!ok, "{column} change not detected");
+        assert!(
+            output.contains(&second) && output.contains(&format!("row {}", raised.seq)),
+            "{column}: {output}"
+        );
+        assert!(!output.contains(&first), "{output}");
+        sql(
+            &env,
+            &format!("UPDATE notifications SET {column} = {original} WHERE id = '{second}'"),
+        )
+        .await;
+        assert!(verify(&env).0, "{column} restored");
+    }
+
+    // A notification.raised row written before digests existed: appended
+    // here as the old daemon would have, then skipped and counted.
+    let (rows, (head_seq, head_hash)) = log_and_head(&env).await;
+    let legacy = readback::audit::AuditEvent::new(
+        readback::audit::Action::NotificationRaised,
+        readback::clock::Timestamp::now(),
+    )
+    .detail(json!({ "severity": "critical" }))
+    .into_row(head_seq + 1, &head_hash);
+    assert_eq!(rows.len() as i64, head_seq);
+    sql(
+        &env,
+        &format!(
+            "INSERT INTO audit_log (seq, at, action, outcome, detail, prev_hash, hash) \
+             VALUES ({}, {}, '{}', '{}', '{}', '{}', '{}')",
+            legacy.seq,
+            legacy.at.as_millis(),
+            legacy.action,
+            legacy.outcome,
+            legacy.detail,
+            legacy.prev_hash,
+            legacy.hash
+        ),
+    )
+    .await;
+    sql(
+        &env,
+        &format!(
+            "UPDATE audit_chain_head SET seq = {}, hash = '{}' WHERE id = 1",
+            legacy.seq, legacy.hash
+        ),
+    )
+    .await;
+    let (ok, output) = verify(&env);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("2 findings") && output.contains("1 notification.raised row"),
+        "{output}"
+    );
+}
+
+async fn a_rewritten_chain_passes_verify_alone_but_not_an_earlier_checkpoint(db: Db) {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("checkpoint.key");
+    let public = keys.path().join("checkpoint.key.pub");
+    let (code, output) = readbackd(&["audit", "keygen", "--out", path(&key)]);
+    assert_eq!(code, Some(0), "{output}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    assert!(public.exists());
+    // Never overwritten: that would lose the key earlier checkpoints need.
+    let (code, _) = readbackd(&["audit", "keygen", "--out", path(&key)]);
+    assert_eq!(code, Some(2));
+
+    let env = TestEnv::with_config(
+        db,
+        &format!("[audit]\ncheckpoint_key_file = \"{}\"\n", key.display()),
+    )
+    .await;
+    let daemon = env.start().await;
+    let config = env.config_path();
+    let config = path(&config);
+    let http = Http::default();
+    let first = raise_with_message(&http, &daemon, "Pneumothorax").await;
+    raise_with_message(&http, &daemon, "Free air").await;
+    raise_with_message(&http, &daemon, "Aortic dissection").await;
+    let cp1 = env.dir.path().join("cp1.json");
+    let (code, output) = readbackd(&[
+        "audit",
+        "checkpoint",
+        "--config",
+        config,
+        "--out",
+        path(&cp1),
+    ]);
+    assert_eq!(code, Some(0), "{output}");
+    let statement: Value = serde_json::from_slice(&std::fs::read(&cp1).unwrap()).unwrap();
+    let (rows, _) = log_and_head(&env).await;
+    assert_eq!(statement["seq"], 3);
+    assert_eq!(statement["hash"], rows[2].hash.as_str());
+    raise_with_message(&http, &daemon, "Stroke").await;
+    assert_eq!(daemon.terminate().await.code(), Some(0));
+
+    // The intact log extends the checkpoint, with the configured key or
+    // with the public key alone (a reviewer off the host).
+    let (code, output) = readbackd(&[
+        "audit",
+        "verify",
+        "--config",
+        config,
+        "--checkpoint",
+        path(&cp1),
+    ]);
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("extends 1 checkpoint"), "{output}");
+    let reviewer = env.dir.path().join("reviewer.toml");
+    std::fs::write(
+        &reviewer,
+        format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\n\n[database]\nurl = \"{}\"\n",
+            env.database_url
+        ),
+    )
+    .unwrap();
+    let (code, output) = readbackd(&[
+        "audit",
+        "verify",
+        "--config",
+        path(&reviewer),
+        "--public-key",
+        path(&public),
+        "--checkpoint",
+        path(&cp1),
+    ]);
+    assert_eq!(code, Some(0), "{output}");
+
+    // A checkpoint edited to vouch for another row, or checked with another
+    // key, is refused.
+    let mut edited = statement.clone();
+    edited["seq"] = json!(2);
+    edited["hash"] = json!(rows[1].hash);
+    let forged = env.dir.path().join("forged.json");
+    std::fs::write(&forged, edited.to_string()).unwrap();
+    let (code, output) = readbackd(&[
+        "audit",
+        "verify",
+        "--config",
+        config,
+        "--checkpoint",
+        path(&forged),
+    ]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains("forged.json") && output.contains("signature"),
+        "{output}"
+    );
+    let other = keys.path().join("other.key");
+    readbackd(&["audit", "keygen", "--out", path(&other)]);
+    let (code, output) = readbackd(&[
+        "audit",
+        "verify",
+        "--config",
+        path(&reviewer),
+        "--public-key",
+        path(&keys.path().join("other.key.pub")),
+        "--checkpoint",
+        path(&cp1),
+    ]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("key"), "{output}");
+    // Usage errors: a missing file; no key to check with.
+    let (code, _) = readbackd(&[
+        "audit",
+        "verify",
+        "--config",
+        config,
+        "--checkpoint",
+        path(&env.dir.path().join("missing.json")),
+    ]);
+    assert_eq!(code, Some(2));
+    let (code, output) = readbackd(&[
+        "audit",
+        "verify",
+        "--config",
+        path(&reviewer),
+        "--checkpoint",
+        path(&cp1),
+    ]);
+    assert_eq!(code, Some(2), "{output}");
+    let (code, _) = readbackd(&["audit", "checkpoint", "--config", path(&reviewer)]);
+    assert_eq!(code, Some(2));
+
+    // The database owner rewrites history: the first finding's title and
+    // its digest, then every hash from there to the head.
+    drop_guards(&env).await;
+    sql(
+        &env,
+        &format!("UPDATE notifications SET title = 'Nothing to see' WHERE id = '{first}'"),
+    )
+    .await;
+    let (mut rows, _) = log_and_head(&env).await;
+    {
+        let mut conn = env.sql().await;
+        let notification = readback::store::notifications::find(&mut conn, &first)
+            .await
+            .unwrap()
+            .unwrap();
+        let raised = rows
+            .iter_mut()
+            .find(|r| r.notification_id.as_deref() == Some(first.as_str()))
+            .unwrap();
+        let mut detail: Value = serde_json::from_str(&raised.detail).unwrap();
+        detail["contentDigest"] = json!(readback::notifications::content_digest(&notification));
+        raised.detail = detail.to_string();
+        let mut prev = readback::audit::GENESIS_HASH.to_string();
+        for row in &mut rows {
+            row.prev_hash = prev.clone();
+            row.hash = readback::audit::chain_hash(&prev, &readback::audit::canonical(row));
+            prev = row.hash.clone();
+            sqlx::query(
+                "UPDATE audit_log SET detail = $1, prev_hash = $2, hash = $3 WHERE seq = $4",
+            )
+            .bind(&row.detail)
+            .bind(&row.prev_hash)
+            .bind(&row.hash)
+            .bind(row.seq)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        sqlx::query("UPDATE audit_chain_head SET hash = $1 WHERE id = 1")
+            .bind(&prev)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let (ok, output) = verify(&env);
+    assert!(ok, "the rewrite is consistent: {output}");
+    let (code, output) = readbackd(&[
+        "audit",
+        "verify",
+        "--config",
+        config,
+        "--checkpoint",
+        path(&cp1),
+    ]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains("row 3") && output.contains("cp1.json"),
+        "{output}"
+    );
 }

@@ -1,5 +1,6 @@
 //! Two daemons on one PostgreSQL act as one: rooms are shared through the
-//! database, and each scheduled event is claimed by exactly one daemon.
+//! database, each scheduled event is claimed by exactly one daemon, and
+//! their audit rows form one unbroken chain.
 
 mod common;
 
@@ -68,6 +69,36 @@ async fn three_daemons_warn_and_expire_each_session_exactly_once() {
             1
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raises_on_three_daemons_at_once_extend_one_audit_chain() {
+    let env = TestEnv::new(Db::Postgres).await;
+    let daemons = [env.start().await, env.start().await, env.start().await];
+    let http = Http::default();
+    // Every daemon appends at the same time: they queue on the chain
+    // head's row lock, and the database refuses any row or head move
+    // that would not extend the chain.
+    let raises = (0..60).map(|i| {
+        let (http, daemon) = (http.clone(), &daemons[i % daemons.len()]);
+        async move {
+            http.raise(daemon, json!({ "userId": "alice" }), &format!("n{i}"))
+                .await
+        }
+    });
+    futures_util::future::join_all(raises).await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_readbackd"))
+        .args(["audit", "verify", "--config"])
+        .arg(daemons[0].config())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("60 findings match"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,12 +3,16 @@
 //! Owns: the `Action` names written to `audit_log.action`, the plain
 //! `AuditEvent` value that domain code fills in, the hash chain (each row's
 //! hash covers its content and the previous row's hash) and its check, the
-//! DICOM event codes, and in [`review`] what reviewers do with the log
-//! (query, export, verify, report). Rows are written by the store, in the
-//! same transaction as the change they record.
-//! Never: update or delete a row — the table refuses it too, and the chain
-//! shows it if someone with database access does.
+//! DICOM event codes, in [`review`] what reviewers do with the log (query,
+//! export, verify, report), and in [`checkpoint`] the signed statements
+//! that tie the chain to a key outside the database. Rows are written by
+//! the store, in the same transaction as the change they record.
+//! Never: update, delete or overwrite a row, or move the chain head other
+//! than forward onto the last row — the database refuses all of these too,
+//! the chain shows it if someone with database access does, and a signed
+//! checkpoint shows it even when the whole chain was recomputed.
 
+pub mod checkpoint;
 pub mod review;
 
 use serde_json::Value;
@@ -280,6 +284,27 @@ pub enum Tamper {
     Broken { previous: i64, seq: i64 },
     #[error("the log ends at row {last} but the chain head says {head} (rows at the end deleted)")]
     Truncated { last: i64, head: i64 },
+    #[error(
+        "notification {notification_id}: its stored content no longer matches the contentDigest in row {seq} \
+         (title, message, severity, recipient, identifiers or deadline changed after it was raised)"
+    )]
+    ContentChanged { seq: i64, notification_id: String },
+    #[error(
+        "notification {notification_id}, raised in row {seq}, is missing from the notifications table"
+    )]
+    ContentMissing { seq: i64, notification_id: String },
+    #[error(
+        "row {seq} no longer has the hash signed in checkpoint {checkpoint} (the log was rewritten after that checkpoint)"
+    )]
+    CheckpointMismatch { seq: i64, checkpoint: String },
+    #[error(
+        "the log ends at row {head} but checkpoint {checkpoint} vouches for row {seq} (rows removed, or the log replaced)"
+    )]
+    CheckpointBeyondHead {
+        seq: i64,
+        head: i64,
+        checkpoint: String,
+    },
 }
 
 /// Walks the chain row by row, in `seq` order, in constant memory.

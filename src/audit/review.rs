@@ -1,14 +1,20 @@
-//! What reviewers do with the log: read it, export it, verify it, and the
+//! What reviewers do with the log: read it, export it, verify it (the
+//! chain, each finding's content, signed checkpoints), and the
 //! time-to-acknowledge report.
+//! Never: write to the database — verifying must work on a read-only copy.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sqlx::AnyConnection;
 
-use super::{AuditRow, ChainCheck, Tamper, dicom_event};
+use super::checkpoint::Checkpoint;
+use super::{Action, AuditRow, ChainCheck, GENESIS_HASH, Tamper, dicom_event};
 use crate::clock::Timestamp;
-use crate::notifications::Severity;
+use crate::notifications::{Severity, content_digest};
 use crate::store::audit::{self as sql, AuditFilter, WALK_PAGE};
+use crate::store::notifications;
 use crate::store::reports::{self, GroupBy, ReportRow};
 use crate::store::{Store, StoreError};
 
@@ -81,6 +87,16 @@ pub fn to_csv(rows: &[AuditRow], header: bool) -> Vec<u8> {
 #[derive(Debug)]
 pub struct Verified {
     pub rows: u64,
+    /// `notification.raised` rows whose finding still matches its digest.
+    pub findings: u64,
+    /// `notification.raised` rows written before digests existed: their
+    /// finding's content could not be compared.
+    pub undigested: u64,
+    /// Checkpoints the log was shown to extend.
+    pub checkpoints: usize,
+    /// The chain head the walk ended at: what a new checkpoint signs.
+    pub head_seq: i64,
+    pub head_hash: String,
     pub took: Duration,
 }
 
@@ -92,23 +108,55 @@ pub enum VerifyError {
     Store(#[from] StoreError),
 }
 
+/// A signed checkpoint whose signature has been checked, and where it came
+/// from (a file name), so a failure can name it.
+pub struct Vouched {
+    pub source: String,
+    pub checkpoint: Checkpoint,
+}
+
 /// Walks the log from the first row to the chain head, page by page, and
-/// reports the first row that was changed, deleted or inserted out of order.
-pub async fn verify(store: &Store) -> Result<Verified, VerifyError> {
+/// reports the first row that was changed, deleted or inserted out of
+/// order; a finding whose content no longer matches the digest in its
+/// `notification.raised` row; and a checkpoint the log no longer extends
+/// (its row gone or holding another hash — a chain recomputed after the
+/// checkpoint was signed).
+pub async fn verify(store: &Store, checkpoints: &[Vouched]) -> Result<Verified, VerifyError> {
     let started = Instant::now();
     let mut conn = store.conn().await?;
     // The head first: rows appended while we walk are after it and not
     // checked this time.
     let (head_seq, head_hash) = sql::head(&mut conn).await?;
+    let mut expected: BTreeMap<i64, Vec<&Vouched>> = BTreeMap::new();
+    for vouched in checkpoints {
+        let seq = vouched.checkpoint.seq;
+        if seq > head_seq {
+            return Err(Tamper::CheckpointBeyondHead {
+                seq,
+                head: head_seq,
+                checkpoint: vouched.source.clone(),
+            }
+            .into());
+        }
+        expected.entry(seq).or_default().push(vouched);
+    }
+    // Seq 0 is the empty log: the genesis hash.
+    compare(&expected, 0, GENESIS_HASH)?;
     let mut check = ChainCheck::default();
+    let (mut findings, mut undigested) = (0, 0);
     let mut after = 0;
     loop {
         let page = sql::page(&mut conn, &AuditFilter::default(), after, WALK_PAGE).await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
-        for row in page.iter().take_while(|r| r.seq <= head_seq) {
+        let page: Vec<&AuditRow> = page.iter().take_while(|r| r.seq <= head_seq).collect();
+        for row in &page {
             check.check(row)?;
+            compare(&expected, row.seq, &row.hash)?;
         }
+        let (matched, skipped) = check_findings(&mut conn, &page).await?;
+        findings += matched;
+        undigested += skipped;
         if after >= head_seq {
             break;
         }
@@ -116,8 +164,77 @@ pub async fn verify(store: &Store) -> Result<Verified, VerifyError> {
     check.finish(head_seq, &head_hash)?;
     Ok(Verified {
         rows: check.rows,
+        findings,
+        undigested,
+        checkpoints: checkpoints.len(),
+        head_seq,
+        head_hash,
         took: started.elapsed(),
     })
+}
+
+/// Every checkpoint at `seq` must have signed exactly `hash`.
+fn compare(expected: &BTreeMap<i64, Vec<&Vouched>>, seq: i64, hash: &str) -> Result<(), Tamper> {
+    for vouched in expected.get(&seq).into_iter().flatten() {
+        if vouched.checkpoint.hash != hash {
+            return Err(Tamper::CheckpointMismatch {
+                seq,
+                checkpoint: vouched.source.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Recomputes the content digest of each finding raised in `rows` from the
+/// notifications table. Returns (matched, rows without a digest).
+async fn check_findings(
+    conn: &mut AnyConnection,
+    rows: &[&AuditRow],
+) -> Result<(u64, u64), VerifyError> {
+    let mut digested = Vec::new();
+    let mut undigested = 0;
+    for row in rows
+        .iter()
+        .filter(|r| r.action == Action::NotificationRaised.as_str())
+    {
+        let digest = serde_json::from_str::<Value>(&row.detail)
+            .ok()
+            .and_then(|d| d["contentDigest"].as_str().map(str::to_owned));
+        match (digest, &row.notification_id) {
+            (Some(digest), Some(id)) => digested.push((row.seq, id.clone(), digest)),
+            _ => undigested += 1,
+        }
+    }
+    if digested.is_empty() {
+        return Ok((0, undigested));
+    }
+    let ids: Vec<String> = digested.iter().map(|(_, id, _)| id.clone()).collect();
+    let stored: HashMap<String, String> = notifications::find_many(conn, &ids)
+        .await?
+        .iter()
+        .map(|n| (n.id.clone(), content_digest(n)))
+        .collect();
+    for (seq, notification_id, digest) in &digested {
+        match stored.get(notification_id) {
+            Some(now) if now == digest => {}
+            Some(_) => {
+                return Err(Tamper::ContentChanged {
+                    seq: *seq,
+                    notification_id: notification_id.clone(),
+                }
+                .into());
+            }
+            None => {
+                return Err(Tamper::ContentMissing {
+                    seq: *seq,
+                    notification_id: notification_id.clone(),
+                }
+                .into());
+            }
+        }
+    }
+    Ok((digested.len() as u64, undigested))
 }
 
 /// The report's answer.

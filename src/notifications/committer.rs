@@ -15,7 +15,7 @@
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{NewNotification, Notification};
+use super::{NewNotification, Notification, content_digest};
 use crate::audit::{Action, AuditEvent};
 use crate::auth::Identity;
 use crate::escalation::PlannedStep;
@@ -170,6 +170,9 @@ async fn commit(store: &Store, batch: &[Job]) -> Result<Vec<Written>, StoreError
                                 "ackDeadline": notification.ack_deadline,
                                 "idempotencyKey": new.idempotency_key,
                                 "escalationLevels": steps.len(),
+                                // Binds the finding's title, message and
+                                // identifiers into the hash chain.
+                                "contentDigest": content_digest(notification),
                             })),
                     );
                 }

@@ -401,6 +401,37 @@ pub fn request_hash(body: &Value) -> String {
     hex::encode(Sha256::digest(body.to_string().as_bytes()))
 }
 
+/// SHA-256 (hex) of what a finding said when it was raised: every field a
+/// reviewer relies on, none that changes later (state, acknowledgement).
+/// The `notification.raised` audit row carries it, so the hash chain covers
+/// the finding's content although the content lives in `notifications`.
+/// The input is a JSON array in a fixed order (absent fields are `null`,
+/// times are epoch milliseconds): unambiguous, and documented in
+/// docs/audit.md so a reviewer can recompute it without readback.
+pub fn content_digest(notification: &Notification) -> String {
+    let (user, role) = match &notification.recipient {
+        Recipient::User(user) => (Some(user), None),
+        Recipient::Role(role) => (None, Some(role)),
+    };
+    let canonical = serde_json::json!([
+        "readback.finding/1",
+        notification.id,
+        notification.kind,
+        notification.severity.as_str(),
+        notification.title,
+        notification.message,
+        notification.patient_id,
+        notification.study_id,
+        notification.accession_number,
+        user,
+        role,
+        notification.created_by,
+        notification.created_at.as_millis(),
+        notification.ack_deadline.as_millis(),
+    ]);
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
 /// Caller-chosen ids: short and URL-safe, so they can sit in a path.
 pub fn check_identifier(field: &str, value: &str) -> Result<(), FieldError> {
     if value.is_empty() || value.len() > MAX_ID_LEN {
@@ -546,9 +577,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_the_recipient_or_a_role_holder_may_acknowledge() {
-        let mut n = Notification {
+    fn stored() -> Notification {
+        Notification {
             seq: 1,
             id: "n".into(),
             kind: "critical_finding".into(),
@@ -569,7 +599,12 @@ mod tests {
             cancelled_by: None,
             cancel_reason: None,
             request_hash: String::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn only_the_recipient_or_a_role_holder_may_acknowledge() {
+        let mut n = stored();
         let mut bob = caller();
         bob.user_id = "bob".into();
         bob.roles = vec!["radiologist".into()];
@@ -585,5 +620,31 @@ mod tests {
         let a = json!({"a": 1, "b": {"c": 2, "d": 3}});
         let b: Value = serde_json::from_str(r#"{"b": {"d": 3, "c": 2}, "a": 1}"#).unwrap();
         assert_eq!(request_hash(&a), request_hash(&b));
+    }
+
+    #[test]
+    fn the_content_digest_covers_the_content_and_nothing_that_changes_later() {
+        let original = content_digest(&stored());
+        assert_eq!(original.len(), 64);
+        let changes: [fn(&mut Notification); 9] = [
+            |n| n.title = "t2".into(),
+            |n| n.message = Some(String::new()),
+            |n| n.severity = Severity::Urgent,
+            |n| n.recipient = Recipient::Role("alice".into()),
+            |n| n.patient_id = Some("p".into()),
+            |n| n.study_id = Some("s".into()),
+            |n| n.accession_number = Some("a".into()),
+            |n| n.ack_deadline = Timestamp::from_millis(2),
+            |n| n.created_by = "mallory".into(),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut n = stored();
+            change(&mut n);
+            assert_ne!(content_digest(&n), original, "change {i}");
+        }
+        let mut acknowledged = stored();
+        acknowledged.state = State::Acknowledged;
+        acknowledged.acknowledged_by = Some("alice".into());
+        assert_eq!(content_digest(&acknowledged), original);
     }
 }

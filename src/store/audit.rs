@@ -21,17 +21,16 @@ pub async fn append_all(
     if events.is_empty() {
         return Ok(());
     }
-    // The UPDATE takes the head's row lock (PostgreSQL) before reading it,
-    // so concurrent appenders get consecutive positions; SQLite's write
-    // transactions are already serial.
+    // A no-op UPDATE takes the head's row lock (PostgreSQL) before reading
+    // it, so concurrent appenders get consecutive positions; SQLite's write
+    // transactions are already serial. The head itself moves only once the
+    // rows exist: the database lets it point at nothing but the last row.
     let head =
-        sqlx::query("UPDATE audit_chain_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
-            .bind(events.len() as i64)
+        sqlx::query("UPDATE audit_chain_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
             .fetch_one(&mut *conn)
             .await?;
-    let last: i64 = head.try_get("seq")?;
+    let first = head.try_get::<i64, _>("seq")? + 1;
     let mut prev: String = head.try_get("hash")?;
-    let first = last - events.len() as i64 + 1;
     let mut rows = Vec::with_capacity(events.len());
     for (offset, event) in events.into_iter().enumerate() {
         let row = event.into_row(first + offset as i64, &prev);
@@ -87,7 +86,8 @@ pub async fn append_all(
         }
         query.execute(&mut *conn).await?;
     }
-    sqlx::query("UPDATE audit_chain_head SET hash = $1 WHERE id = 1")
+    sqlx::query("UPDATE audit_chain_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(first + rows.len() as i64 - 1)
         .bind(&prev)
         .execute(&mut *conn)
         .await?;

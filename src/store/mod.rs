@@ -103,6 +103,7 @@ const MIGRATIONS: &[Embedded] = &[
     migration!(2, "sessions", "0002_sessions.sql"),
     migration!(3, "escalation", "0003_escalation.sql"),
     migration!(4, "realtime", "0004_realtime.sql"),
+    migration!(5, "audit guards", "0005_audit_guards.sql"),
 ];
 
 impl Store {

@@ -105,6 +105,29 @@ pub async fn find(conn: &mut AnyConnection, id: &str) -> Result<Option<Notificat
     Ok(row.as_ref().map(from_row).transpose()?)
 }
 
+/// The notifications with these ids (those that exist), in no order.
+pub async fn find_many(
+    conn: &mut AnyConnection,
+    ids: &[String],
+) -> Result<Vec<Notification>, StoreError> {
+    let mut found = Vec::with_capacity(ids.len());
+    // Well under both databases' limits on bound parameters.
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM notifications WHERE id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(id);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            found.push(from_row(&row)?);
+        }
+    }
+    Ok(found)
+}
+
 pub async fn find_by_idempotency_key(
     conn: &mut AnyConnection,
     key: &str,
