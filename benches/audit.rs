@@ -9,10 +9,12 @@ use std::time::Instant;
 use readback::audit::review;
 use readback::audit::{Action, AuditEvent, GENESIS_HASH};
 use readback::clock::Timestamp;
-use readback::config::DatabaseConfig;
 use readback::store::Store;
 use readback::store::reports::GroupBy;
-use sqlx::{AssertSqlSafe, Connection, Executor};
+use sqlx::{AssertSqlSafe, Executor};
+
+#[path = "support/mod.rs"]
+mod support;
 
 const AUDIT_ROWS: i64 = 1_000_000;
 const NOTIFICATIONS: i64 = 100_000;
@@ -37,15 +39,7 @@ async fn main() {
         .await,
     );
     if let Ok(admin) = std::env::var("READBACK_TEST_POSTGRES_URL") {
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(&admin).await.expect("connect");
-        conn.execute("DROP DATABASE IF EXISTS readback_bench_audit")
-            .await
-            .expect("drop");
-        conn.execute("CREATE DATABASE readback_bench_audit")
-            .await
-            .expect("create");
-        let url = format!("{}/readback_bench_audit", admin.rsplit_once('/').unwrap().0);
+        let url = support::fresh_postgres_database(&admin, "readback_bench_audit").await;
         all.push(measure("PostgreSQL", &url).await);
     }
     let report = render(&all);
@@ -56,13 +50,7 @@ async fn main() {
 }
 
 async fn measure(database: &'static str, url: &str) -> Figures {
-    let store = Store::connect(&DatabaseConfig {
-        url: url.to_string(),
-        max_connections: 2,
-    })
-    .await
-    .expect("open");
-    store.migrate().await.expect("migrate");
+    let store = support::open_store(url).await;
     let started = Instant::now();
     fill_audit(&store).await;
     fill_notifications(&store).await;

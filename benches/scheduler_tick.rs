@@ -12,10 +12,12 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use readback::clock::Timestamp;
-use readback::config::DatabaseConfig;
 use readback::store::sessions as sql;
 use readback::store::{Backend, Store};
-use sqlx::{AssertSqlSafe, Connection, Executor, Row};
+use sqlx::{AssertSqlSafe, Executor, Row};
+
+#[path = "support/mod.rs"]
+mod support;
 
 const SIZES: [usize; 2] = [1_000, 100_000];
 const TICKS: usize = 300;
@@ -36,7 +38,9 @@ async fn main() {
         let url = format!("sqlite://{}/bench.db", dir.path().display());
         all.push(measure("SQLite", &url, sessions).await);
         if let Ok(admin) = std::env::var("READBACK_TEST_POSTGRES_URL") {
-            let url = fresh_database(&admin, sessions).await;
+            let url =
+                support::fresh_postgres_database(&admin, &format!("readback_bench_{sessions}"))
+                    .await;
             all.push(measure("PostgreSQL", &url, sessions).await);
         }
     }
@@ -47,27 +51,8 @@ async fn main() {
     println!("written to {path}");
 }
 
-async fn fresh_database(admin: &str, sessions: usize) -> String {
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(admin).await.expect("connect");
-    let name = format!("readback_bench_{sessions}");
-    conn.execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
-        .await
-        .expect("drop");
-    conn.execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .expect("create");
-    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
-}
-
 async fn measure(database: &'static str, url: &str, sessions: usize) -> Figures {
-    let store = Store::connect(&DatabaseConfig {
-        url: url.to_string(),
-        max_connections: 2,
-    })
-    .await
-    .expect("open");
-    store.migrate().await.expect("migrate");
+    let store = support::open_store(url).await;
     fill(&store, sessions).await;
 
     let mut timings = Vec::with_capacity(TICKS);

@@ -177,22 +177,8 @@ async fn connections_status_broadcast_and_disconnect(db: Db) {
         .get(&daemon.api("/users/alice/status"), &service_token())
         .await;
     assert_eq!(status.body["connected"], false);
-    assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = $1",
-            "admin.broadcast"
-        )
-        .await,
-        2
-    );
-    assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = $1",
-            "admin.disconnect"
-        )
-        .await,
-        1
-    );
+    assert_eq!(env.audit_count("admin.broadcast").await, 2);
+    assert_eq!(env.audit_count("admin.disconnect").await, 1);
 }
 
 async fn health_readiness_and_metrics(db: Db) {
@@ -279,11 +265,7 @@ async fn an_unreachable_database_answers_503_and_stores_nothing() {
     use sqlx::Executor;
     let mut env = TestEnv::new(Db::Postgres).await;
     let database = env.database_url.rsplit('/').next().unwrap().to_string();
-    let admin_url = std::env::var("READBACK_TEST_POSTGRES_URL").unwrap();
-    let mut admin = {
-        use sqlx::Connection;
-        sqlx::AnyConnection::connect(&admin_url).await.unwrap()
-    };
+    let mut admin = postgres_admin().await;
     // Connection limits do not bind superusers: the daemon connects as an
     // ordinary role that owns its database.
     let role = format!("{database}_owner");

@@ -131,12 +131,7 @@ async fn every_action_is_recorded_and_can_be_found(db: Db) {
         403
     );
     // Wait for the last email's audit row before taking the cutoff.
-    env.wait_count(
-        "SELECT COUNT(*) FROM audit_log WHERE action = $1",
-        "email.sent",
-        1,
-    )
-    .await;
+    env.wait_audit("email.sent", 1).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let cutoff = now_rfc3339();
 
@@ -298,47 +293,16 @@ async fn every_action_is_recorded_and_can_be_found(db: Db) {
         assert_eq!(reply.status, 400, "{query}");
         assert_eq!(reply.body["field"], field, "{query}: {}", reply.body);
     }
-    assert!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = $1",
-            "audit.queried"
-        )
-        .await
-            >= 8
-    );
+    assert!(env.audit_count("audit.queried").await >= 8);
 
     // And the chain is intact.
-    let verified = Command::new(env!("CARGO_BIN_EXE_readbackd"))
-        .args(["audit", "verify", "--config"])
-        .arg(daemon.config())
-        .output()
-        .unwrap();
-    assert!(
-        verified.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verified.stderr)
-    );
+    let (verified, output) = env.audit_verify();
+    assert!(verified, "{output}");
 }
 
 fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now();
     humantime::format_rfc3339_millis(now).to_string()
-}
-
-fn verify(env: &TestEnv) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_readbackd"))
-        .args(["audit", "verify", "--config"])
-        .arg(env.config_path())
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
 }
 
 async fn sql(env: &TestEnv, statement: &str) {
@@ -358,7 +322,7 @@ async fn verify_names_the_row_that_was_changed_deleted_or_swapped(db: Db) {
             .await;
     }
     assert_eq!(daemon.terminate().await.code(), Some(0));
-    let (ok, output) = verify(&env);
+    let (ok, output) = env.audit_verify();
     assert!(ok, "{output}");
     assert!(output.contains("4 rows"), "{output}");
 
@@ -369,11 +333,11 @@ async fn verify_names_the_row_that_was_changed_deleted_or_swapped(db: Db) {
         "UPDATE audit_log SET actor_id = 'mallory' WHERE seq = 2",
     )
     .await;
-    let (ok, output) = verify(&env);
+    let (ok, output) = env.audit_verify();
     assert!(!ok);
     assert!(output.contains("row 2"), "{output}");
     sql(&env, "UPDATE audit_log SET actor_id = 'pacs' WHERE seq = 2").await;
-    assert!(verify(&env).0, "restored");
+    assert!(env.audit_verify().0, "restored");
 
     // A row deleted from the middle.
     sql(
@@ -382,30 +346,30 @@ async fn verify_names_the_row_that_was_changed_deleted_or_swapped(db: Db) {
     )
     .await;
     sql(&env, "DELETE FROM audit_log WHERE seq = 3").await;
-    let (ok, output) = verify(&env);
+    let (ok, output) = env.audit_verify();
     assert!(!ok);
     assert!(
         output.contains("row 4") && output.contains("2..4"),
         "{output}"
     );
     sql(&env, "INSERT INTO audit_log SELECT * FROM kept").await;
-    assert!(verify(&env).0, "restored");
+    assert!(env.audit_verify().0, "restored");
 
     // Two rows swapped (contents exchanged, positions kept).
     sql(&env, "UPDATE audit_log SET seq = -1 WHERE seq = 1").await;
     sql(&env, "UPDATE audit_log SET seq = 1 WHERE seq = 2").await;
     sql(&env, "UPDATE audit_log SET seq = 2 WHERE seq = -1").await;
-    let (ok, output) = verify(&env);
+    let (ok, output) = env.audit_verify();
     assert!(!ok);
     assert!(output.contains("row 1"), "{output}");
     sql(&env, "UPDATE audit_log SET seq = -1 WHERE seq = 1").await;
     sql(&env, "UPDATE audit_log SET seq = 1 WHERE seq = 2").await;
     sql(&env, "UPDATE audit_log SET seq = 2 WHERE seq = -1").await;
-    assert!(verify(&env).0, "restored");
+    assert!(env.audit_verify().0, "restored");
 
     // The last row deleted.
     sql(&env, "DELETE FROM audit_log WHERE seq = 4").await;
-    let (ok, output) = verify(&env);
+    let (ok, output) = env.audit_verify();
     assert!(!ok);
     assert!(output.contains("ends at row 3"), "{output}");
 }
@@ -569,22 +533,6 @@ async fn the_report_matches_a_hand_computed_scenario(db: Db) {
     assert_eq!(cli["rows"], report.body["rows"]);
 }
 
-/// Runs `readbackd` with `args`: its exit code and everything it printed.
-fn readbackd(args: &[&str]) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_readbackd"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
-}
-
 fn path(path: &std::path::Path) -> &str {
     path.to_str().unwrap()
 }
@@ -638,10 +586,9 @@ async fn log_and_head(env: &TestEnv) -> (Vec<readback::audit::AuditRow>, (i64, S
 }
 
 async fn raise_with_message(http: &Http, daemon: &Daemon, title: &str) -> String {
-    let reply = http
-        .post(
-            &daemon.api("/notifications"),
-            &service_token(),
+    let raised = http
+        .raise_with(
+            daemon,
             &json!({
                 "recipient": { "userId": "alice" },
                 "severity": "critical",
@@ -653,8 +600,7 @@ async fn raise_with_message(http: &Http, daemon: &Daemon, title: &str) -> String
             }),
         )
         .await;
-    assert_eq!(reply.status, 201, "{}", reply.body);
-    reply.body["id"].as_str().unwrap().to_string()
+    raised["id"].as_str().unwrap().to_string()
 }
 
 async fn overwriting_a_row_or_moving_the_chain_head_is_refused(db: Db) {
@@ -727,7 +673,7 @@ async fn overwriting_a_row_or_moving_the_chain_head_is_refused(db: Db) {
         assert_eq!(after, rows, "changed by: {attempt}");
         assert_eq!(head_after, head, "head changed by: {attempt}");
     }
-    let (ok, output) = verify(&env);
+    let (ok, output) = env.audit_verify();
     assert!(ok && output.contains("3 rows"), "{output}");
 
     // The daemon still appends under the guards.
@@ -735,7 +681,7 @@ async fn overwriting_a_row_or_moving_the_chain_head_is_refused(db: Db) {
     http.raise(&daemon, json!({ "userId": "alice" }), "n3")
         .await;
     assert_eq!(daemon.terminate().await.code(), Some(0));
-    let (ok, output) = verify(&env);
+    let (ok, output) = env.audit_verify();
     assert!(ok && output.contains("4 rows"), "{output}");
 }
 
@@ -753,7 +699,7 @@ async fn editing_a_finding_is_detected_by_verify(db: Db) {
         .unwrap();
     let detail: Value = serde_json::from_str(&raised.detail).unwrap();
     assert_eq!(detail["contentDigest"].as_str().map(str::len), Some(64));
-    let (ok, output) = verify(&env);
+    let (ok, output) = env.audit_verify();
     assert!(ok && output.contains("2 findings"), "{output}");
 
     // Each field a reviewer relies on, changed in the notifications table
@@ -781,7 +727,7 @@ async fn editing_a_finding_is_detected_by_verify(db: Db) {
             &format!("UPDATE notifications SET {column} = {value} WHERE id = '{second}'"),
         )
         .await;
-        let (ok, output) = verify(&env);
+        let (ok, output) = env.audit_verify();
         assert!(!ok, "{column} change not detected");
         assert!(
             output.contains(&second) && output.contains(&format!("row {}", raised.seq)),
@@ -793,7 +739,7 @@ async fn editing_a_finding_is_detected_by_verify(db: Db) {
             &format!("UPDATE notifications SET {column} = {original} WHERE id = '{second}'"),
         )
         .await;
-        assert!(verify(&env).0, "{column} restored");
+        assert!(env.audit_verify().0, "{column} restored");
     }
 
     // A notification.raised row written before digests existed: appended
@@ -829,7 +775,7 @@ async fn editing_a_finding_is_detected_by_verify(db: Db) {
         ),
     )
     .await;
-    let (ok, output) = verify(&env);
+    let (ok, output) = env.audit_verify();
     assert!(ok, "{output}");
     assert!(
         output.contains("2 findings") && output.contains("1 notification.raised row"),
@@ -1015,7 +961,7 @@ async fn a_rewritten_chain_passes_verify_alone_but_not_an_earlier_checkpoint(db:
             .await
             .unwrap();
     }
-    let (ok, output) = verify(&env);
+    let (ok, output) = env.audit_verify();
     assert!(ok, "the rewrite is consistent: {output}");
     let (code, output) = readbackd(&[
         "audit",

@@ -166,22 +166,8 @@ async fn http_refusals_are_problem_json_and_store_nothing(db: Db) {
         0
     );
     // The refused logins were audited (no token, expired token).
-    assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = $1",
-            "auth.refused"
-        )
-        .await,
-        2
-    );
-    assert!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = $1",
-            "access.denied"
-        )
-        .await
-            >= 3
-    );
+    assert_eq!(env.audit_count("auth.refused").await, 2);
+    assert!(env.audit_count("access.denied").await >= 3);
 }
 
 async fn socket_refusals_answer_and_keep_the_socket(db: Db) {

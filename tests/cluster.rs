@@ -1,6 +1,8 @@
-//! Two daemons on one PostgreSQL act as one: rooms are shared through the
-//! database, each scheduled event is claimed by exactly one daemon, and
-//! their audit rows form one unbroken chain.
+//! Daemons on one PostgreSQL act as one: rooms are shared through the
+//! database or through Redis, each scheduled event is claimed by exactly
+//! one daemon, and their audit rows form one unbroken chain. A story that
+//! holds for both ways of sharing rooms runs on both (`cluster_backends!`);
+//! Redis outages and the Redis-only features have stories of their own.
 
 mod common;
 
@@ -9,20 +11,11 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-const SHORT_SESSIONS: &str = r#"
-[sessions]
-idle_timeout = "3s"
-warning_before = "1500ms"
-max_lifetime = "1h"
-activity_coalesce = "100ms"
-
-[scheduler]
-tick = "50ms"
-"#;
+cluster_backends!(two_daemons_act_as_one);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_daemons_warn_and_expire_each_session_exactly_once() {
-    let env = TestEnv::with_config(Db::Postgres, SHORT_SESSIONS).await;
+    let env = TestEnv::with_config(Db::Postgres, &short_sessions("50ms")).await;
     let a = env.start().await;
     let b = env.start().await;
     // A third daemon with no sockets of its own still competes for claims.
@@ -61,11 +54,13 @@ async fn three_daemons_warn_and_expire_each_session_exactly_once() {
             );
         }
         assert_eq!(
-            env.count("SELECT COUNT(*) FROM audit_log WHERE action = 'session.warned' AND session_id = $1", session).await,
+            env.audit_count(Audit::action("session.warned").session(session))
+                .await,
             1
         );
         assert_eq!(
-            env.count("SELECT COUNT(*) FROM audit_log WHERE action = 'session.expired' AND session_id = $1", session).await,
+            env.audit_count(Audit::action("session.expired").session(session))
+                .await,
             1
         );
     }
@@ -87,71 +82,16 @@ async fn raises_on_three_daemons_at_once_extend_one_audit_chain() {
         }
     });
     futures_util::future::join_all(raises).await;
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_readbackd"))
-        .args(["audit", "verify", "--config"])
-        .arg(daemons[0].config())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (ok, text) = env.audit_verify();
+    assert!(ok, "{text}");
     assert!(text.contains("60 findings match"), "{text}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_notification_raised_on_one_daemon_reaches_tabs_on_both() {
-    let env = TestEnv::new(Db::Postgres).await;
-    let a = env.start().await;
-    let b = env.start().await;
-    let on_a = Clients::start(&a).await;
-    let on_b = Clients::start(&b).await;
-    let http = Http::default();
-    let alice = token("alice", &["radiologist"], None);
-    on_a.connect("tab-a", &alice).await;
-    on_b.connect("tab-b", &alice).await;
-
-    let raised = http
-        .raise(&b, json!({ "userId": "alice" }), "Across nodes")
-        .await;
-    let id = raised["id"].as_str().unwrap();
-    assert_eq!(
-        raised["deliveries"].as_array().unwrap().len(),
-        2,
-        "{raised}"
-    );
-    assert_eq!(
-        on_a.next_event("tab-a", "critical_notification").await["id"],
-        id
-    );
-    assert_eq!(
-        on_b.next_event("tab-b", "critical_notification").await["id"],
-        id
-    );
-
-    // Acknowledged on A: the tab on B is told too.
-    assert_eq!(on_a.ack("tab-a", id).await["ok"], true);
-    let told = on_b.next_event("tab-b", "notification_acknowledged").await;
-    assert_eq!(told["notificationId"], id);
-
-    // Both daemons see both sockets.
-    for daemon in [&a, &b] {
-        let status = http
-            .get(&daemon.api("/users/alice/status"), &service_token())
-            .await;
-        assert_eq!(status.body["sockets"], 2, "{}", status.body);
-    }
-}
-
-/// With `[cluster] redis_url`, two daemons share rooms through Redis:
+/// Two daemons share rooms (through Redis, or through PostgreSQL):
 /// delivery, acknowledgement, broadcast, status, disconnect and replay work
 /// whichever daemon a viewer or the PACS talks to.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_daemons_act_as_one_through_redis() {
-    let redis = RedisServer::start().await;
-    let env = TestEnv::with_config(Db::Postgres, &redis.config()).await;
+async fn two_daemons_act_as_one(backend: Cluster) {
+    let env = TestEnv::cluster(backend, "").await;
     let a = env.start().await;
     let b = env.start().await;
     let on_a = Clients::start(&a).await;
@@ -176,12 +116,14 @@ async fn two_daemons_act_as_one_through_redis() {
         on_b.next_event("tab-b", "critical_notification").await["id"],
         id
     );
+    // Acknowledged on A: the tab on B is told too.
     assert_eq!(on_a.ack("tab-a", id).await["ok"], true);
     assert_eq!(
         on_b.next_event("tab-b", "notification_acknowledged").await["notificationId"],
         id
     );
 
+    // Both daemons see both sockets.
     for daemon in [&a, &b] {
         let status = http
             .get(&daemon.api("/users/alice/status"), &service_token())
@@ -224,8 +166,7 @@ async fn two_daemons_act_as_one_through_redis() {
 /// lost, and a viewer on the other daemon gets the notification by replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_each_daemon_serves_its_own_sockets() {
-    let mut redis = RedisServer::start().await;
-    let env = TestEnv::with_config(Db::Postgres, &redis.config()).await;
+    let mut env = TestEnv::cluster(Cluster::Redis, "").await;
     let a = env.start().await;
     let b = env.start().await;
     let on_a = Clients::start(&a).await;
@@ -234,7 +175,7 @@ async fn without_redis_each_daemon_serves_its_own_sockets() {
     let alice = token("alice", &["radiologist"], None);
     on_a.connect("tab-a", &alice).await;
     on_b.connect("tab-b", &alice).await;
-    redis.stop().await;
+    env.redis.as_mut().unwrap().stop().await;
 
     let raised = http
         .raise(&a, json!({ "userId": "alice" }), "redis down")
@@ -259,13 +200,12 @@ async fn without_redis_each_daemon_serves_its_own_sockets() {
 /// daemons sharing rooms through Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_topics_and_presence_span_daemons() {
-    let redis = RedisServer::start().await;
-    let config = format!(
-        "{}\n[realtime]\npresence_events = true\nsingle_connection_per_user = true\n\n\
+    let env = TestEnv::cluster(
+        Cluster::Redis,
+        "[realtime]\npresence_events = true\nsingle_connection_per_user = true\n\n\
          [realtime.topics]\nradiologist = [\"study:*\"]\n",
-        redis.config()
-    );
-    let env = TestEnv::with_config(Db::Postgres, &config).await;
+    )
+    .await;
     let a = env.start().await;
     let b = env.start().await;
     let on_a = Clients::start(&a).await;

@@ -74,19 +74,12 @@ async fn concurrent_raises_are_each_stored_once(db: Db) {
         20
     );
     assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = 'notification.raised' AND notification_id LIKE $1",
-            "batch-%"
-        )
-        .await,
+        env.audit_count(Audit::action("notification.raised").notification("batch-%"))
+            .await,
         20
     );
-    let verified = std::process::Command::new(env!("CARGO_BIN_EXE_readbackd"))
-        .args(["audit", "verify", "--config"])
-        .arg(daemon.config())
-        .output()
-        .unwrap();
-    assert!(verified.status.success(), "{verified:?}");
+    let (verified, output) = env.audit_verify();
+    assert!(verified, "{output}");
 }
 
 /// More pending notifications than a socket's send buffer holds (128): all
@@ -97,15 +90,13 @@ async fn a_long_backlog_is_replayed_whole_and_in_order(db: Db) {
     let http = Http::default();
     let mut ids = Vec::new();
     for i in 0..300 {
-        let reply = http
-            .post(
-                &daemon.api("/notifications"),
-                &service_token(),
+        let raised = http
+            .raise_with(
+                &daemon,
                 &json!({ "id": format!("backlog-{i:03}"), "recipient": { "userId": "hana" }, "severity": "urgent", "title": "backlog" }),
             )
             .await;
-        assert_eq!(reply.status, 201);
-        ids.push(reply.body["id"].clone());
+        ids.push(raised["id"].clone());
     }
     let clients = Clients::start(&daemon).await;
     clients.connect("hana", &token("hana", &[], None)).await;
@@ -176,14 +167,7 @@ async fn socket_auth_refusals_have_the_contract_messages(db: Db) {
     assert_eq!(connected["userId"], "dr-h");
 
     // Five refusals, five audit rows.
-    assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = $1",
-            "auth.refused"
-        )
-        .await,
-        5
-    );
+    assert_eq!(env.audit_count("auth.refused").await, 5);
 }
 
 async fn delivery_reaches_every_tab_of_the_recipient_only(db: Db) {
@@ -230,7 +214,8 @@ async fn delivery_reaches_every_tab_of_the_recipient_only(db: Db) {
     assert_eq!(stored.status, 200);
     assert_eq!(stored.body["deliveries"].as_array().unwrap().len(), 2);
     assert_eq!(
-        env.count("SELECT COUNT(*) FROM audit_log WHERE action = 'notification.delivered' AND notification_id = $1", id).await,
+        env.audit_count(Audit::action("notification.delivered").notification(id))
+            .await,
         2
     );
 }
@@ -498,14 +483,7 @@ async fn raise_is_idempotent_by_body_id_and_by_key(db: Db) {
         .await,
         1
     );
-    assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = $1",
-            "notification.raised"
-        )
-        .await,
-        2
-    );
+    assert_eq!(env.audit_count("notification.raised").await, 2);
 }
 
 async fn replay_is_oldest_first_after_being_offline(db: Db) {
@@ -636,9 +614,10 @@ async fn concurrent_acks_from_two_tabs_make_one_acknowledgement(db: Db) {
             1
         );
         assert_eq!(
-            env.count(
-                "SELECT COUNT(*) FROM audit_log WHERE action = 'notification.acknowledged' AND outcome = 'ok' AND notification_id = $1",
-                id
+            env.audit_count(
+                Audit::action("notification.acknowledged")
+                    .outcome("ok")
+                    .notification(id)
             )
             .await,
             1

@@ -44,10 +44,9 @@ async fn raise_for_alice(daemon: &Daemon, clients: &Clients) -> Value {
         )
         .await;
     clients.close("alice").await;
-    let reply = Http::default()
-        .post(
-            &daemon.api("/notifications"),
-            &service_token(),
+    Http::default()
+        .raise_with(
+            daemon,
             &json!({
                 "recipient": { "userId": "alice" },
                 "severity": "critical",
@@ -59,9 +58,7 @@ async fn raise_for_alice(daemon: &Daemon, clients: &Clients) -> Value {
                 "ackWithin": 1000,
             }),
         )
-        .await;
-    assert_eq!(reply.status, 201, "{}", reply.body);
-    reply.body
+        .await
 }
 
 fn to_of(mails: &[Mail]) -> Vec<String> {
@@ -138,15 +135,13 @@ async fn two_levels_send_one_email_per_level_and_address_in_order(db: Db) {
         stored.body
     );
     assert_eq!(
-        env.count("SELECT COUNT(*) FROM audit_log WHERE action = 'notification.escalated' AND notification_id = $1", id).await,
+        env.audit_count(Audit::action("notification.escalated").notification(id))
+            .await,
         2
     );
     assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = 'email.sent' AND notification_id = $1",
-            id
-        )
-        .await,
+        env.audit_count(Audit::action("email.sent").notification(id))
+            .await,
         3
     );
 }
@@ -173,7 +168,8 @@ async fn acknowledging_before_the_deadline_sends_nothing(db: Db) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(smtp.mails().is_empty());
     assert_eq!(
-        env.count("SELECT COUNT(*) FROM audit_log WHERE action = 'notification.escalated' AND notification_id = $1", id).await,
+        env.audit_count(Audit::action("notification.escalated").notification(id))
+            .await,
         0
     );
 }
@@ -246,7 +242,13 @@ async fn an_smtp_outage_delays_but_loses_nothing(db: Db) {
     let id = raised["id"].as_str().unwrap();
 
     // Level 1 falls due while the server is down: failures are audited.
-    env.wait_count("SELECT COUNT(*) FROM audit_log WHERE action = 'email.failed' AND outcome = 'retry' AND notification_id = $1", id, 4).await;
+    env.wait_audit(
+        Audit::action("email.failed")
+            .outcome("retry")
+            .notification(id),
+        4,
+    )
+    .await;
     assert!(smtp.mails().is_empty());
     smtp.resume().await;
 
@@ -266,11 +268,8 @@ async fn an_smtp_outage_delays_but_loses_nothing(db: Db) {
         ]
     );
     assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = 'email.sent' AND notification_id = $1",
-            id
-        )
-        .await,
+        env.audit_count(Audit::action("email.sent").notification(id))
+            .await,
         3
     );
 }
@@ -371,38 +370,38 @@ async fn a_permanent_refusal_is_recorded_and_not_retried(db: Db) {
         refused[0]
     );
     assert_eq!(
-        env.count("SELECT COUNT(*) FROM audit_log WHERE action = 'email.failed' AND outcome = 'failed' AND notification_id = $1", id).await,
+        env.audit_count(
+            Audit::action("email.failed")
+                .outcome("failed")
+                .notification(id)
+        )
+        .await,
         1
     );
     assert_eq!(smtp.mails().len(), 1);
 }
 
-/// One level, at the deadline, to `to` only; logs at debug level to files
-/// in `logs` (the harness's config has its own `[logging]` table, so this
-/// writes the whole config).
-fn one_level_logging_to(env: &TestEnv, smtp: &SmtpServer, to: &str, logs: &Path) -> PathBuf {
-    let path = env.dir.path().join("one-level.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[auth]\njwt_secret = \"{SECRET}\"\nleeway = \"0s\"\n\n\
-             [database]\nurl = \"{}\"\n\n[logging]\nlevel = \"readback=debug,info\"\ndir = \"{}\"\nrotation = \"never\"\n\n\
-             {}\n[scheduler]\ntick = \"100ms\"\n\n[[escalation.levels]]\nafter = \"0s\"\nto = [\"{to}\"]\n",
-            env.database_url,
-            logs.display(),
+/// One level, at the deadline, to `to` only; the daemons log at debug
+/// level to files in the returned directory.
+async fn one_level_logging(db: Db, smtp: &SmtpServer, to: &str) -> (TestEnv, PathBuf) {
+    let mut env = TestEnv::with_config(
+        db,
+        &format!(
+            "{}\n[scheduler]\ntick = \"100ms\"\n\n[[escalation.levels]]\nafter = \"0s\"\nto = [\"{to}\"]\n",
             smtp.config()
         ),
     )
-    .unwrap();
-    path
+    .await;
+    let logs = env.dir.path().join("logs");
+    env.logging = format!("dir = \"{}\"\nrotation = \"never\"\n", logs.display());
+    (env, logs)
 }
 
 /// Raises a notification due in one second; its id.
 async fn raise_due_in_a_second(daemon: &Daemon) -> String {
-    let reply = Http::default()
-        .post(
-            &daemon.api("/notifications"),
-            &service_token(),
+    let raised = Http::default()
+        .raise_with(
+            daemon,
             &json!({
                 "recipient": { "userId": "alice" },
                 "severity": "critical",
@@ -411,8 +410,7 @@ async fn raise_due_in_a_second(daemon: &Daemon) -> String {
             }),
         )
         .await;
-    assert_eq!(reply.status, 201, "{}", reply.body);
-    reply.body["id"].as_str().unwrap().to_string()
+    raised["id"].as_str().unwrap().to_string()
 }
 
 /// Waits until one line of the daemon's log files contains every needle.
@@ -449,15 +447,36 @@ async fn outbox_row(conn: &mut sqlx::AnyConnection, id: &str) -> (String, i64) {
     (row.get(0), row.get(1))
 }
 
+/// Once the outbox records the email sent, and a moment later (for a
+/// duplicate to show): the server holds `mails` copies, the outbox row took
+/// two attempts, and the audit log has it sent once.
+async fn sent_once_on_the_second_attempt(env: &TestEnv, smtp: &SmtpServer, id: &str, mails: usize) {
+    env.wait_count(
+        "SELECT COUNT(*) FROM email_outbox WHERE state = 'sent' AND notification_id = $1",
+        id,
+        1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.mails().len(), mails);
+    assert_eq!(
+        outbox_row(&mut env.sql().await, id).await,
+        ("sent".to_string(), 2)
+    );
+    assert_eq!(
+        env.audit_count(Audit::action("email.sent").notification(id))
+            .await,
+        1
+    );
+}
+
 /// The window at-least-once leaves: the server has said `250`, the daemon
 /// dies before it records that. The retry carries the same `Message-ID`,
 /// and the outbox and audit log then show the email sent once.
 async fn a_crash_after_the_servers_250_resends_with_the_same_message_id(db: Db) {
     let smtp = SmtpServer::start().await;
-    let env = TestEnv::new(db).await;
-    let logs = env.dir.path().join("logs");
-    let config = one_level_logging_to(&env, &smtp, "hold-oncall@hospital.example", &logs);
-    let daemon = Daemon::start(&config).await;
+    let (env, logs) = one_level_logging(db, &smtp, "hold-oncall@hospital.example").await;
+    let daemon = env.start().await;
     let id = raise_due_in_a_second(&daemon).await;
 
     // The server has stored the message and holds its 250.
@@ -494,46 +513,21 @@ async fn a_crash_after_the_servers_250_resends_with_the_same_message_id(db: Db) 
     lock.execute("ROLLBACK").await.unwrap();
     drop(lock);
     assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = 'email.sent' AND notification_id = $1",
-            &id
-        )
-        .await,
+        env.audit_count(Audit::action("email.sent").notification(&id))
+            .await,
         0,
         "the crash came before the record"
     );
 
     // When the lease runs out the restarted daemon sends it again.
-    let _daemon = Daemon::start(&config).await;
+    let _daemon = env.start().await;
     let both = smtp.wait_for(2).await;
     assert_eq!(both[0].message_id, both[1].message_id, "{both:#?}");
     assert_eq!(both[0].to, both[1].to);
-    env.wait_count(
-        "SELECT COUNT(*) FROM email_outbox WHERE state = 'sent' AND notification_id = $1",
-        &id,
-        1,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(smtp.mails().len(), 2);
+    sent_once_on_the_second_attempt(&env, &smtp, &id, 2).await;
     assert_eq!(
-        outbox_row(&mut env.sql().await, &id).await,
-        ("sent".to_string(), 2)
-    );
-    assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = 'email.sent' AND notification_id = $1",
-            &id
-        )
-        .await,
-        1
-    );
-    assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = 'email.failed' AND notification_id = $1",
-            &id
-        )
-        .await,
+        env.audit_count(Audit::action("email.failed").notification(&id))
+            .await,
         0
     );
 }
@@ -542,10 +536,8 @@ async fn a_crash_after_the_servers_250_resends_with_the_same_message_id(db: Db) 
 /// is lost, and the email is sent once when the lease runs out.
 async fn a_crash_before_the_server_accepts_sends_after_the_lease(db: Db) {
     let smtp = SmtpServer::start().await;
-    let env = TestEnv::new(db).await;
-    let logs = env.dir.path().join("logs");
-    let config = one_level_logging_to(&env, &smtp, "stall-oncall@hospital.example", &logs);
-    let daemon = Daemon::start(&config).await;
+    let (env, _logs) = one_level_logging(db, &smtp, "stall-oncall@hospital.example").await;
+    let daemon = env.start().await;
     let id = raise_due_in_a_second(&daemon).await;
 
     // Claimed; the server holds its answer to RCPT, so nothing is accepted.
@@ -559,29 +551,10 @@ async fn a_crash_before_the_server_accepts_sends_after_the_lease(db: Db) {
     assert!(smtp.mails().is_empty());
     smtp.release_held();
 
-    let _daemon = Daemon::start(&config).await;
+    let _daemon = env.start().await;
     let mails = smtp.wait_for(1).await;
     assert!(mails[0].message_id.starts_with(&format!("<{id}.1.")));
-    env.wait_count(
-        "SELECT COUNT(*) FROM email_outbox WHERE state = 'sent' AND notification_id = $1",
-        &id,
-        1,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(smtp.mails().len(), 1);
-    assert_eq!(
-        outbox_row(&mut env.sql().await, &id).await,
-        ("sent".to_string(), 2)
-    );
-    assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = 'email.sent' AND notification_id = $1",
-            &id
-        )
-        .await,
-        1
-    );
+    sent_once_on_the_second_attempt(&env, &smtp, &id, 1).await;
 }
 
 /// An SMTP server that stops answering mid-conversation: the attempt is
@@ -589,16 +562,15 @@ async fn a_crash_before_the_server_accepts_sends_after_the_lease(db: Db) {
 /// retried on a fresh connection, and the email then arrives once.
 async fn a_server_that_stops_answering_is_cut_off_after_the_timeout(db: Db) {
     let smtp = SmtpServer::start().await;
-    let env = TestEnv::new(db).await;
-    let logs = env.dir.path().join("logs");
-    let config = one_level_logging_to(&env, &smtp, "stall-oncall@hospital.example", &logs);
-    let daemon = Daemon::start(&config).await;
+    let (env, _logs) = one_level_logging(db, &smtp, "stall-oncall@hospital.example").await;
+    let daemon = env.start().await;
     let id = raise_due_in_a_second(&daemon).await;
 
-    env.wait_count(
-        "SELECT COUNT(*) FROM audit_log WHERE action = 'email.failed' AND outcome = 'retry' \
-         AND detail LIKE '%no answer within smtp.timeout (2s)%' AND notification_id = $1",
-        &id,
+    env.wait_audit(
+        Audit::action("email.failed")
+            .outcome("retry")
+            .detail("%no answer within smtp.timeout (2s)%")
+            .notification(&id),
         1,
     )
     .await;

@@ -431,9 +431,8 @@ async fn a_viewer_that_stops_reading_is_disconnected_not_skipped(db: Db) {
         .raise(&daemon, json!({ "userId": "stalled" }), "Stalled viewer")
         .await;
     let id = raised["id"].as_str().unwrap().to_string();
-    env.wait_count(
-        "SELECT COUNT(*) FROM audit_log WHERE action = 'notification.undelivered' AND notification_id = $1",
-        &id,
+    env.wait_audit(
+        Audit::action("notification.undelivered").notification(&id),
         1,
     )
     .await;

@@ -135,14 +135,7 @@ async fn sigterm_during_a_burst_loses_nothing_answered(db: Db) {
         assert_eq!(stored.status, 200, "{id} was answered 201 but is gone");
     }
     // Each answered raise has its audit row.
-    assert!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = $1",
-            "notification.raised"
-        )
-        .await
-            >= answered.len() as i64
-    );
+    assert!(env.audit_count("notification.raised").await >= answered.len() as i64);
 }
 
 struct Pki {
@@ -234,9 +227,10 @@ async fn logs_go_to_dated_files_and_old_ones_are_pruned() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::fs::write(logs.join("unrelated.txt"), "keep me\n").unwrap();
-    // The harness's config already has a [logging] table: write our own.
-    let env = TestEnv::new(Db::Sqlite).await;
-    let daemon = Daemon::start(&write_config_with_logging(&env, &logs)).await;
+    let mut env = TestEnv::new(Db::Sqlite).await;
+    env.log_level = "info".into();
+    env.logging = format!("dir = \"{}\"\nretention = 2\n", logs.display());
+    let daemon = env.start().await;
     Http::default()
         .raise(&daemon, json!({ "userId": "alice" }), "logged")
         .await;
@@ -258,21 +252,6 @@ async fn logs_go_to_dated_files_and_old_ones_are_pruned() {
     assert_eq!(dated.len(), 2, "retention 2: {names:?}");
     let text = std::fs::read_to_string(logs.join(&current)).unwrap();
     assert!(text.contains("listening"), "{text}");
-}
-
-fn write_config_with_logging(env: &TestEnv, logs: &std::path::Path) -> std::path::PathBuf {
-    let path = env.dir.path().join("logging.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\njwt_secret = \"{SECRET}\"\n[database]\nurl = \"{}\"\n\
-             [logging]\nlevel = \"info\"\ndir = \"{}\"\nretention = 2\n",
-            env.database_url,
-            logs.display()
-        ),
-    )
-    .unwrap();
-    path
 }
 
 #[test]

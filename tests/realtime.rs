@@ -462,12 +462,8 @@ async fn a_new_connection_replaces_the_old_one_when_configured(db: Db) {
         raised["id"]
     );
     assert!(received(&clients, "bob", "system_alert").await.is_empty());
-    env.wait_count(
-        "SELECT COUNT(*) FROM audit_log WHERE action = 'connection.replaced' AND user_id = $1",
-        "alice",
-        1,
-    )
-    .await;
+    env.wait_audit(Audit::action("connection.replaced").user("alice"), 1)
+        .await;
 }
 
 async fn an_offline_recipient_escalates_at_once_when_configured(db: Db) {
@@ -492,22 +488,14 @@ async fn an_offline_recipient_escalates_at_once_when_configured(db: Db) {
     };
 
     // Offline and critical: escalated now, ten minutes before its deadline.
-    let offline = http
-        .post(
-            &daemon.api("/notifications"),
-            &service_token(),
-            &raise("oscar", "critical"),
-        )
-        .await;
-    assert_eq!(offline.status, 201, "{}", offline.body);
-    let id = offline.body["id"].as_str().unwrap();
+    let offline = http.raise_with(&daemon, &raise("oscar", "critical")).await;
+    let id = offline["id"].as_str().unwrap();
     let mails = smtp.wait_for(1).await;
     assert_eq!(mails[0].to, "oncall@hospital.example");
     assert!(mails[0].subject.contains(id), "{}", mails[0].subject);
     assert!(mails[0].raw.contains("escalated early"), "{}", mails[0].raw);
-    env.wait_count(
-        "SELECT COUNT(*) FROM audit_log WHERE action = 'escalation.recipient_offline' AND notification_id = $1",
-        id,
+    env.wait_audit(
+        Audit::action("escalation.recipient_offline").notification(id),
         1,
     )
     .await;
@@ -537,7 +525,7 @@ async fn an_offline_recipient_escalates_at_once_when_configured(db: Db) {
     for reply in [online, urgent] {
         let id = reply.body["id"].as_str().unwrap();
         assert_eq!(
-            env.count("SELECT COUNT(*) FROM audit_log WHERE action LIKE 'escalation.%' AND notification_id = $1", id)
+            env.audit_count(Audit::action("escalation.%").notification(id))
                 .await,
             0
         );

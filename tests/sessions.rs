@@ -8,19 +8,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-/// idle 3 s, warned 1.5 s before expiry, scheduler tick 100 ms, activity
-/// written at most every 100 ms.
-const SHORT_SESSIONS: &str = r#"
-[sessions]
-idle_timeout = "3s"
-warning_before = "1500ms"
-max_lifetime = "1h"
-activity_coalesce = "100ms"
-
-[scheduler]
-tick = "100ms"
-"#;
-
 /// How late a due event may be: a tick, the coalescing window, and slack
 /// for a loaded CI machine.
 const LATE: Duration = Duration::from_millis(900);
@@ -37,7 +24,7 @@ both_databases!(
 );
 
 async fn warning_then_idle_expiry_reach_every_tab(db: Db) {
-    let env = TestEnv::with_config(db, SHORT_SESSIONS).await;
+    let env = TestEnv::with_config(db, &short_sessions("100ms")).await;
     let daemon = env.start().await;
     let clients = Clients::start(&daemon).await;
     let alice = token("alice", &["radiologist"], Some("s-warn"));
@@ -77,19 +64,13 @@ async fn warning_then_idle_expiry_reach_every_tab(db: Db) {
     // Exactly one warning per tab, and the audit log has both events.
     assert!(clients.drain("tab1", "session_timeout_warning").is_empty());
     assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = 'session.warned' AND session_id = $1",
-            "s-warn"
-        )
-        .await,
+        env.audit_count(Audit::action("session.warned").session("s-warn"))
+            .await,
         1
     );
     assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = 'session.expired' AND session_id = $1",
-            "s-warn"
-        )
-        .await,
+        env.audit_count(Audit::action("session.expired").session("s-warn"))
+            .await,
         1
     );
 
@@ -104,7 +85,7 @@ async fn warning_then_idle_expiry_reach_every_tab(db: Db) {
 }
 
 async fn extend_moves_the_expiry_and_warns_again(db: Db) {
-    let env = TestEnv::with_config(db, SHORT_SESSIONS).await;
+    let env = TestEnv::with_config(db, &short_sessions("100ms")).await;
     let daemon = env.start().await;
     let clients = Clients::start(&daemon).await;
     let bob = token("bob", &["radiologist"], Some("s-ext"));
@@ -134,17 +115,14 @@ async fn extend_moves_the_expiry_and_warns_again(db: Db) {
     let expired = clients.next_event("tab1", "session_expired").await;
     assert_eq!(expired["reason"], "idle");
     assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = 'session.extended' AND session_id = $1",
-            "s-ext"
-        )
-        .await,
+        env.audit_count(Audit::action("session.extended").session("s-ext"))
+            .await,
         1
     );
 }
 
 async fn activity_keeps_the_session_alive(db: Db) {
-    let env = TestEnv::with_config(db, SHORT_SESSIONS).await;
+    let env = TestEnv::with_config(db, &short_sessions("100ms")).await;
     let daemon = env.start().await;
     let clients = Clients::start(&daemon).await;
     let carol = token("carol", &[], Some("s-busy"));
@@ -174,7 +152,7 @@ async fn activity_keeps_the_session_alive(db: Db) {
 }
 
 async fn max_lifetime_caps_extension(db: Db) {
-    let env = TestEnv::with_config(db, SHORT_SESSIONS).await;
+    let env = TestEnv::with_config(db, &short_sessions("100ms")).await;
     let daemon = env.start().await;
     let clients = Clients::start(&daemon).await;
     let http = Http::default();
@@ -252,7 +230,8 @@ async fn terminate_over_http_ends_the_session(db: Db) {
     let session = http.get(&daemon.api("/sessions/s-term"), &erin).await;
     assert_eq!(session.body["state"], "terminated");
     assert_eq!(
-        env.count("SELECT COUNT(*) FROM audit_log WHERE action = 'session.terminated' AND session_id = $1", "s-term").await,
+        env.audit_count(Audit::action("session.terminated").session("s-term"))
+            .await,
         1
     );
     assert_eq!(
@@ -264,7 +243,7 @@ async fn terminate_over_http_ends_the_session(db: Db) {
 }
 
 async fn expiry_survives_a_restart(db: Db) {
-    let env = TestEnv::with_config(db, SHORT_SESSIONS).await;
+    let env = TestEnv::with_config(db, &short_sessions("100ms")).await;
     let daemon = env.start().await;
     let frank = token("frank", &[], Some("s-restart"));
     {
@@ -294,11 +273,8 @@ async fn expiry_survives_a_restart(db: Db) {
         "ended after {ended_after:?}"
     );
     assert_eq!(
-        env.count(
-            "SELECT COUNT(*) FROM audit_log WHERE action = 'session.warned' AND session_id = $1",
-            "s-restart"
-        )
-        .await,
+        env.audit_count(Audit::action("session.warned").session("s-restart"))
+            .await,
         1
     );
 }
@@ -380,7 +356,7 @@ async fn bad_session_requests_are_refused(db: Db) {
 }
 
 async fn per_role_idle_timeouts_apply_to_new_sessions(db: Db) {
-    let config = SHORT_SESSIONS.replace(
+    let config = short_sessions("100ms").replace(
         "activity_coalesce = \"100ms\"",
         "activity_coalesce = \"100ms\"\nidle_timeout_by_role = { ed-physician = \"2s\", reading-room = \"30m\" }",
     );
