@@ -183,7 +183,7 @@ fn render(all: &[Figures]) -> String {
         out,
         "Machine: {} cores. `audit verify` walks the whole hash chain ({AUDIT_ROWS} rows) in pages of \
          10,000; the report groups {NOTIFICATIONS} notifications (80% acknowledged) in SQL.\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     out.push_str("| database | verify (1M rows) | rows/s | report by severity | by user | by role |\n|---|---|---|---|---|---|\n");
     for f in all {

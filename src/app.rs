@@ -1,7 +1,7 @@
 //! Start-up: the one place where the application is assembled.
 //!
-//! Owns: [`AppState`] (built once, shared by HTTP and Socket.IO handlers)
-//! and [`Application`], which `main` and the tests both use: `build` binds
+//! Owns: [`Application`], which assembles the [`AppState`] the HTTP and
+//! Socket.IO edges share, and, which `main` and the tests both use: `build` binds
 //! the listener and migrates, `run_until_stopped` serves until the shutdown
 //! token fires and then drains.
 //! Never: read configuration or the environment itself — it is handed a
@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
@@ -17,41 +16,21 @@ use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide_core::adapter::DefinedAdapter;
-use socketioxide_postgres::{PostgresAdapterConfig, PostgresAdapterCtr, SqlxAdapter};
-use socketioxide_redis::drivers::redis::redis_client as redis;
-use socketioxide_redis::{RedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
-use sqlx::postgres::PgPoolOptions;
+use socketioxide_postgres::SqlxAdapter;
+use socketioxide_redis::RedisAdapter;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::escalation::mailer::Mailer;
+use crate::escalation::mailer::{Mailer, Outbox};
+use crate::escalation::service::Escalations;
 use crate::metrics::Metrics;
+use crate::notifications::service::Notifications;
 use crate::realtime::{self, Hub};
+use crate::sessions::service::Sessions;
+use crate::state::AppState;
 use crate::store::{Backend, Store, StoreError};
-
-/// Everything a handler may need; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub verifier: Arc<Verifier>,
-    pub hub: Hub,
-    pub metrics: Arc<Metrics>,
-    /// Wakes the outbox sender when the escalation pass queued emails.
-    pub outbox_wake: Arc<tokio::sync::Notify>,
-    /// When the scheduler last started a tick (ms): the watchdog's proof of life.
-    pub scheduler_heartbeat: Arc<std::sync::atomic::AtomicI64>,
-    /// Raises and delivery records are committed in groups through this
-    /// one queue.
-    pub writes: crate::notifications::committer::Committer,
-    /// Background work started by requests (retries after a commit):
-    /// waited for, within `server.shutdown_timeout`, before the pool closes.
-    pub tasks: TaskTracker,
-    /// Fires when the daemon starts draining.
-    pub shutdown: CancellationToken,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -77,14 +56,37 @@ pub struct Application {
     router: axum::Router,
     state: AppState,
     mailer: Option<Mailer>,
+    /// Rung by the escalation pass, heard by the outbox sender.
+    outbox_wake: Arc<tokio::sync::Notify>,
+    /// The scheduler's proof of life, read by the watchdog.
+    scheduler_heartbeat: Arc<std::sync::atomic::AtomicI64>,
+    /// Background work of the services, drained at shutdown.
+    tasks: TaskTracker,
+    /// The services' view of the drain.
+    shutdown: CancellationToken,
     /// The certificate served, when `server.tls` is set; SIGHUP reloads it.
     tls: Option<RustlsConfig>,
 }
 
 impl Application {
-    /// Connects and migrates the database, wires HTTP and Socket.IO, and
-    /// binds the listener (so the port is known before serving starts).
+    /// Binds `server.listen` (so the port is known before serving starts),
+    /// then [`Self::build_on`] it.
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        let listen = config.server.listen.clone();
+        let listener = std::net::TcpListener::bind(&listen).map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+        Self::build_on(config, listener).await
+    }
+
+    /// Connects and migrates the database and wires HTTP and Socket.IO to
+    /// serve on `listener` (already bound: by `build`, or by a test or a
+    /// benchmark that picked its own).
+    pub async fn build_on(
+        config: Config,
+        listener: std::net::TcpListener,
+    ) -> Result<Self, StartError> {
         let store = Store::connect(&config.database).await?;
         store.migrate().await?;
         let verifier = Arc::new(Verifier::from_config(&config.auth).map_err(StartError::Auth)?);
@@ -100,43 +102,46 @@ impl Application {
             // Viewer traffic is small JSON; a 4 KiB read buffer per socket
             // was 3 KB of the per-socket memory (docs/benchmarks.md).
             .ws_read_buffer_size(1024);
-        let writes = crate::notifications::committer::Committer::start(store.clone());
+        let writes = crate::store::group_commit::Committer::start(store.clone());
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
-        let state_for = |hub: Hub| AppState {
-            config: config.clone(),
-            store: store.clone(),
-            verifier: verifier.clone(),
-            hub,
-            metrics: metrics.clone(),
-            outbox_wake: outbox_wake.clone(),
-            scheduler_heartbeat: scheduler_heartbeat.clone(),
-            writes: writes.clone(),
-            tasks: tasks.clone(),
-            shutdown: shutdown.clone(),
+        let state_for = |hub: Hub| {
+            let escalations = Escalations {
+                config: config.clone(),
+                store: store.clone(),
+                hub: hub.clone(),
+                outbox_wake: outbox_wake.clone(),
+            };
+            AppState {
+                config: config.clone(),
+                store: store.clone(),
+                verifier: verifier.clone(),
+                hub: hub.clone(),
+                metrics: metrics.clone(),
+                notifications: Notifications {
+                    config: config.clone(),
+                    store: store.clone(),
+                    hub: hub.clone(),
+                    metrics: metrics.clone(),
+                    writes: writes.clone(),
+                    escalations: escalations.clone(),
+                    tasks: tasks.clone(),
+                    shutdown: shutdown.clone(),
+                },
+                sessions: Sessions {
+                    config: config.clone(),
+                    store: store.clone(),
+                    hub,
+                },
+                escalations,
+            }
         };
         let (router, state) = match (store.backend(), &config.cluster.redis_url) {
             // Daemons share their rooms through Redis.
             (_, Some(url)) => {
-                // The adapter needs RESP3 (Redis 7): ask for it unless the
-                // URL already says which protocol.
-                let url = if url.contains("protocol=") {
-                    url.clone()
-                } else if url.contains('?') {
-                    format!("{url}&protocol=resp3")
-                } else {
-                    format!("{url}?protocol=resp3")
-                };
-                let client = redis::Client::open(url.as_str())
-                    .map_err(|e| StartError::Cluster(format!("cluster.redis_url: {e}")))?;
-                let adapter = RedisAdapterCtr::new_with_redis_config(
-                    &client,
-                    RedisAdapterConfig::new()
-                        .with_prefix("readback")
-                        .with_request_timeout(Duration::from_secs(2)),
-                )
-                .await
-                .map_err(|e| StartError::Cluster(format!("cannot reach Redis: {e}")))?;
+                let adapter = crate::realtime::cluster::redis(url)
+                    .await
+                    .map_err(StartError::Cluster)?;
                 let (layer, io) = sockets
                     .with_adapter::<RedisAdapter<_>>(adapter)
                     .build_layer();
@@ -155,20 +160,9 @@ impl Application {
             // Daemons sharing a PostgreSQL database share their rooms through
             // it (LISTEN/NOTIFY), so an emit reaches sockets on every node.
             (Backend::Postgres, None) => {
-                let pool = PgPoolOptions::new()
-                    .max_connections(4)
-                    .connect(&config.database.url)
+                let adapter = crate::realtime::cluster::postgres(&config.database.url)
                     .await
                     .map_err(StoreError::from)?;
-                let adapter = PostgresAdapterCtr::new_with_sqlx_config(
-                    pool,
-                    PostgresAdapterConfig::new()
-                        .with_table_name("socketio_attachments")
-                        .with_prefix("readback")
-                        .with_hb_interval(Duration::from_secs(2))
-                        .with_hb_timeout(Duration::from_secs(6))
-                        .with_request_timeout(Duration::from_secs(2)),
-                );
                 let (layer, io) = sockets
                     .with_adapter::<SqlxAdapter<_>>(adapter)
                     .build_layer();
@@ -180,13 +174,13 @@ impl Application {
             }
         };
         let router = router.layer(crate::http::cors(&state.config.server.cors_origins));
-        let listen = state.config.server.listen.clone();
-        let listener = std::net::TcpListener::bind(&listen)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|source| StartError::Bind {
-                addr: listen,
-                source,
-            })?;
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| StartError::Bind { addr, source })?;
         let tls = match &state.config.server.tls {
             Some(tls) => Some(
                 RustlsConfig::from_pem_file(&tls.cert, &tls.key)
@@ -200,6 +194,10 @@ impl Application {
             router,
             state,
             mailer,
+            outbox_wake,
+            scheduler_heartbeat,
+            tasks,
+            shutdown,
             tls,
         })
     }
@@ -224,16 +222,39 @@ impl Application {
     /// the database pool (committed data is already durable).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let state = self.state;
-        // The state's own token follows the caller's, for work the state
-        // started (retries) to see the drain.
-        let (outer, inner) = (shutdown.clone(), state.shutdown.clone());
-        state.tasks.spawn(async move {
+        let tasks = self.tasks;
+        // The services' token follows the caller's, for work they started
+        // (retries) to see the drain.
+        let (outer, inner) = (shutdown.clone(), self.shutdown.clone());
+        tasks.spawn(async move {
             outer.cancelled().await;
             inner.cancel();
         });
-        let scheduler = crate::scheduler::spawn(state.clone(), shutdown.clone());
-        let sender = crate::escalation::mailer::spawn(state.clone(), self.mailer, shutdown.clone());
-        let supervisor = crate::supervisor::spawn(state.clone(), shutdown.clone());
+        let tick = state.config.scheduler.tick;
+        let scheduler = crate::scheduler::spawn(
+            crate::scheduler::Scheduler {
+                sessions: state.sessions.clone(),
+                escalations: state.escalations.clone(),
+                heartbeat: self.scheduler_heartbeat.clone(),
+            },
+            tick,
+            shutdown.clone(),
+        );
+        let sender = crate::escalation::mailer::spawn(
+            Outbox {
+                config: state.config.clone(),
+                store: state.store.clone(),
+                wake: self.outbox_wake,
+            },
+            self.mailer,
+            shutdown.clone(),
+        );
+        let supervisor = crate::supervisor::spawn(
+            state.hub.clone(),
+            self.scheduler_heartbeat,
+            tick,
+            shutdown.clone(),
+        );
 
         let handle = axum_server::Handle::new();
         let drain = {
@@ -253,11 +274,11 @@ impl Application {
                 server
                     .acceptor(NoDelayAcceptor::new())
                     .serve(service)
-                    .await?
+                    .await?;
             }
             Some(rustls) => {
                 let acceptor = RustlsAcceptor::new(rustls).acceptor(NoDelayAcceptor::new());
-                server.acceptor(acceptor).serve(service).await?
+                server.acceptor(acceptor).serve(service).await?;
             }
         }
         // Work already started finishes: the scheduler's and the sender's
@@ -266,13 +287,13 @@ impl Application {
         let _ = scheduler.await;
         let _ = sender.await;
         let _ = supervisor.await;
-        state.tasks.close();
-        if tokio::time::timeout(state.config.server.shutdown_timeout, state.tasks.wait())
+        tasks.close();
+        if tokio::time::timeout(state.config.server.shutdown_timeout, tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                tasks = state.tasks.len(),
+                tasks = tasks.len(),
                 "stopping with background work unfinished"
             );
         }

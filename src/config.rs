@@ -15,7 +15,8 @@ use figment::providers::{Env, Format, Toml};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::notifications::Severity;
+use crate::severity::Severity;
+use crate::validation::{check_event_pattern, check_topic_pattern};
 
 /// Everything readbackd can be told, one struct per TOML section.
 #[derive(Debug, Clone, Deserialize)]
@@ -534,7 +535,7 @@ impl Config {
         let auth = &self.auth;
         match (&auth.jwt_secret, &auth.jwt_public_key_file) {
             (None, None) => {
-                problems.push("auth: set jwt_secret (HS256) or jwt_public_key_file (RS256/ES256)".into())
+                problems.push("auth: set jwt_secret (HS256) or jwt_public_key_file (RS256/ES256)".into());
             }
             (Some(_), Some(_)) => problems.push(
                 "auth: set only one of jwt_secret and jwt_public_key_file, so the accepted algorithm is unambiguous".into(),
@@ -639,7 +640,7 @@ impl Config {
         }
         let realtime = &self.realtime;
         for pattern in &realtime.message_events {
-            if let Err(why) = crate::realtime::messages::check_pattern(pattern) {
+            if let Err(why) = check_event_pattern(pattern) {
                 problems.push(format!("realtime.message_events: `{pattern}` {why}"));
             }
         }
@@ -653,7 +654,7 @@ impl Config {
         }
         for (role, patterns) in &realtime.topics {
             for pattern in patterns {
-                if let Err(why) = crate::realtime::topics::check_pattern(pattern) {
+                if let Err(why) = check_topic_pattern(pattern) {
                     problems.push(format!("realtime.topics.{role}: `{pattern}` {why}"));
                 }
             }

@@ -5,8 +5,8 @@
 //! Socket.IO ack `{ ok: false, code, message }`.
 //! Never: carry database details to clients (`Store` is logged, not shown).
 
-use crate::notifications::FieldError;
 use crate::store::StoreError;
+use crate::validation::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

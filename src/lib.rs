@@ -21,10 +21,14 @@ pub mod notifications;
 pub mod realtime;
 pub mod scheduler;
 pub mod sessions;
+pub mod severity;
 pub mod shutdown;
+pub mod state;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod validation;
 
-pub use app::{AppState, Application};
+pub use app::Application;
 pub use config::Config;
+pub use state::AppState;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use readback::auth::{TokenRequest, mint};
 use readback::clock::Timestamp;
-use readback::notifications::Severity;
+use readback::severity::Severity;
 use readback::store::reports::GroupBy;
 use readback::{Application, Config, store::Store};
 use tokio_util::sync::CancellationToken;

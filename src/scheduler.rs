@@ -9,23 +9,34 @@
 //! no job state to keep in memory.
 //! Never: keep per-item timers in memory.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
-use crate::{escalation, sessions};
+use crate::escalation::service::{self as escalation, Escalations};
+use crate::sessions::service::{self as sessions, Sessions};
 
-pub fn spawn(state: AppState, shutdown: CancellationToken) -> JoinHandle<()> {
+/// What one pass scans, and where it proves it ran.
+pub struct Scheduler {
+    pub sessions: Sessions,
+    pub escalations: Escalations,
+    /// When a pass last started (ms since the epoch): the watchdog's proof
+    /// of life (see `supervisor`).
+    pub heartbeat: Arc<AtomicI64>,
+}
+
+pub fn spawn(scheduler: Scheduler, tick: Duration, shutdown: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(state.config.scheduler.tick);
+        let mut tick = tokio::time::interval(tick);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => run_once(&state).await,
+                _ = tick.tick() => run_once(&scheduler).await,
             }
         }
         tracing::debug!("scheduler stopped");
@@ -34,18 +45,18 @@ pub fn spawn(state: AppState, shutdown: CancellationToken) -> JoinHandle<()> {
 
 /// One pass over everything that may be due. Errors are logged and the
 /// next tick tries again: nothing is lost, only delayed.
-pub async fn run_once(state: &AppState) {
+pub async fn run_once(scheduler: &Scheduler) {
     let started = std::time::Instant::now();
-    state.scheduler_heartbeat.store(
+    scheduler.heartbeat.store(
         crate::clock::Timestamp::now().as_millis(),
-        std::sync::atomic::Ordering::Relaxed,
+        Ordering::Relaxed,
     );
-    match sessions::service::scan(state).await {
+    match sessions::scan(&scheduler.sessions).await {
         Ok((0, 0)) => {}
         Ok((expired, warned)) => tracing::debug!(expired, warned, "sessions scanned"),
         Err(e) => tracing::warn!(error = %e, "session scan failed; retrying next tick"),
     }
-    match escalation::service::scan(state).await {
+    match escalation::scan(&scheduler.escalations).await {
         Ok(0) => {}
         Ok(fired) => tracing::debug!(fired, "escalation steps fired"),
         Err(e) => tracing::warn!(error = %e, "escalation scan failed; retrying next tick"),

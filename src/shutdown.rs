@@ -84,7 +84,7 @@ impl Reload {
                 match rustls.reload_from_pem_file(&files.cert, &files.key).await {
                     Ok(()) => applied.push(format!("server.tls.cert = {}", files.cert.display())),
                     Err(e) => {
-                        tracing::error!(error = %e, "SIGHUP: TLS certificate reload failed; keeping the previous one")
+                        tracing::error!(error = %e, "SIGHUP: TLS certificate reload failed; keeping the previous one");
                     }
                 }
             }

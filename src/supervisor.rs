@@ -7,39 +7,45 @@
 //! `READY=1` and `STOPPING=1` are sent by `main` around serving.
 //! Never: do any work of its own beyond reporting.
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::clock::Timestamp;
+use crate::realtime::hub::Hub;
 
-pub fn spawn(state: AppState, shutdown: CancellationToken) -> JoinHandle<()> {
+/// `heartbeat` is the scheduler's (see `scheduler`), `tick` its interval;
+/// `hub` counts the sockets for the status line.
+pub fn spawn(
+    hub: Hub,
+    heartbeat: Arc<AtomicI64>,
+    tick: Duration,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         if std::env::var_os("NOTIFY_SOCKET").is_none() {
             return;
         }
         let watchdog = sd_notify::watchdog_enabled();
         let every = watchdog
-            .map(|limit| limit / 2)
-            .unwrap_or(Duration::from_secs(10))
+            .map_or(Duration::from_secs(10), |limit| limit / 2)
             .max(Duration::from_millis(10));
         // The scheduler must have ticked within this long to count as alive.
-        let stale_after = (state.config.scheduler.tick * 3 + Duration::from_secs(5))
-            .max(watchdog.unwrap_or_default());
+        let stale_after = (tick * 3 + Duration::from_secs(5)).max(watchdog.unwrap_or_default());
         let mut interval = tokio::time::interval(every);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = interval.tick() => {}
             }
-            let last_tick = state.scheduler_heartbeat.load(Ordering::Relaxed);
+            let last_tick = heartbeat.load(Ordering::Relaxed);
             let alive = Timestamp::now().as_millis() - last_tick
                 <= i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
-            let status = format!("serving; {} sockets connected", state.hub.local_count());
+            let status = format!("serving; {} sockets connected", hub.local_count());
             let mut messages = vec![NotifyState::Status(&status)];
             if watchdog.is_some() && alive {
                 messages.push(NotifyState::Watchdog);

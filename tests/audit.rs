@@ -300,6 +300,7 @@ async fn every_action_is_recorded_and_can_be_found(db: Db) {
     assert!(verified, "{output}");
 }
 
+#[allow(clippy::disallowed_methods)] // tokens and timings need the wall clock, not the daemon's
 fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now();
     humantime::format_rfc3339_millis(now).to_string()
@@ -539,6 +540,7 @@ fn path(path: &std::path::Path) -> &str {
 
 /// What an attacker who owns the database does first: every trigger on the
 /// audit tables goes (dropped on SQLite, disabled on PostgreSQL).
+#[allow(clippy::disallowed_methods)] // drops the guards directly, as an attacker would
 async fn drop_guards(env: &TestEnv) {
     use sqlx::Row;
     match env.db {
@@ -783,6 +785,7 @@ async fn editing_a_finding_is_detected_by_verify(db: Db) {
     );
 }
 
+#[allow(clippy::disallowed_methods)] // rewrites the database directly, as an attacker would
 async fn a_rewritten_chain_passes_verify_alone_but_not_an_earlier_checkpoint(db: Db) {
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("checkpoint.key");

@@ -438,6 +438,7 @@ async fn wait_for_log(logs: &Path, needles: &[&str]) {
 }
 
 /// The outbox row of a notification's only email: (state, attempts).
+#[allow(clippy::disallowed_methods)] // assertions read what the daemon stored
 async fn outbox_row(conn: &mut sqlx::AnyConnection, id: &str) -> (String, i64) {
     let row = sqlx::query("SELECT state, attempts FROM email_outbox WHERE notification_id = $1")
         .bind(id.to_string())

@@ -202,7 +202,7 @@ impl RawSocket {
                     let _ = self.ws.send(Message::text("3")).await;
                 }
                 Ok(Some(Ok(Message::Text(text)))) => return Some(text.to_string()),
-                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) => return None,
                 Ok(Some(Ok(_))) => {}
                 Err(_) => panic!("nothing from the daemon within {WAIT:?}"),
             }

@@ -37,7 +37,7 @@ pub fn render(all: &[Figures]) -> String {
         out,
         "Machine: {} cores. Other figures: [bench-latency.md](bench-latency.md) (one socket), \
          [bench-scheduler.md](bench-scheduler.md), [bench-audit.md](bench-audit.md).\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     out.push_str("| figure | goal | ");
     for f in all {

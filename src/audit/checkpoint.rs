@@ -8,7 +8,7 @@
 //! whoever can write the database can recompute every hash, but cannot sign
 //! a statement for the rewritten chain with a key they do not hold, nor
 //! change the statements already filed elsewhere.
-//! Never: touch the database (that is [`super::review`]), or write a key
+//! Never: touch the database (that is `audit::review`), or write a key
 //! anywhere but the file it was asked to create.
 
 use std::fs::OpenOptions;

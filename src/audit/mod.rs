@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::auth::Identity;
 use crate::clock::Timestamp;
-use crate::notifications::Notification;
+use crate::notifications::{FindingContent, Notification, Recipient};
 
 /// Every kind of audit row. The string form is stable: reviewers filter on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,11 +158,16 @@ impl AuditEvent {
 
     /// Copies the notification's identifiers, so a reviewer can find the row
     /// by notification, patient or study.
-    pub fn about(mut self, notification: &Notification) -> Self {
-        self.notification_id = Some(notification.id.clone());
-        self.patient_id = notification.patient_id.clone();
-        self.study_id = notification.study_id.clone();
-        if let crate::notifications::Recipient::User(user) = &notification.recipient
+    pub fn about(self, notification: &Notification) -> Self {
+        self.about_finding(&notification.content())
+    }
+
+    /// [`Self::about`] for any view of a finding (e.g. one not stored yet).
+    pub fn about_finding(mut self, finding: &FindingContent<'_>) -> Self {
+        self.notification_id = Some(finding.id.to_owned());
+        self.patient_id = finding.patient_id.map(str::to_owned);
+        self.study_id = finding.study_id.map(str::to_owned);
+        if let Recipient::User(user) = finding.recipient
             && self.user_id.is_none()
         {
             self.user_id = Some(user.clone());

@@ -12,7 +12,8 @@ use sqlx::AnyConnection;
 use super::checkpoint::Checkpoint;
 use super::{Action, AuditRow, ChainCheck, GENESIS_HASH, Tamper, dicom_event};
 use crate::clock::Timestamp;
-use crate::notifications::{Severity, content_digest};
+use crate::notifications::content_digest;
+use crate::severity::Severity;
 use crate::store::audit::{self as sql, AuditFilter, WALK_PAGE};
 use crate::store::notifications;
 use crate::store::reports::{self, GroupBy, ReportRow};
@@ -320,8 +321,8 @@ impl Report {
                 r.acknowledged,
                 r.within_deadline,
                 percent(r.within_deadline, r.count).unwrap_or(0.0),
-                r.median_ms.map(human_ms).unwrap_or_else(|| "-".into()),
-                r.p90_ms.map(human_ms).unwrap_or_else(|| "-".into()),
+                r.median_ms.map_or_else(|| "-".into(), human_ms),
+                r.p90_ms.map_or_else(|| "-".into(), human_ms),
                 r.still_open,
                 r.escalated,
             ));

@@ -25,14 +25,28 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::retry_delay;
-use crate::app::AppState;
 use crate::audit::{Action, AuditEvent};
 use crate::clock::Timestamp;
 use crate::config::SmtpConfig;
 use crate::notifications::State;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::store::Store;
 use crate::store::escalation::{self as sql, OutboxEmail};
 use crate::store::notifications as notifications_sql;
 use crate::store::{StoreError, audit};
+
+/// What the outbox sender uses.
+#[derive(Clone)]
+pub struct Outbox {
+    pub config: Arc<Config>,
+    pub store: Store,
+    /// Rung by the escalation pass when it queued emails.
+    pub wake: Arc<Notify>,
+}
 
 enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
@@ -147,7 +161,7 @@ impl Mailer {
 /// Runs the sender until `shutdown`: every scheduler tick, or at once when
 /// the escalation pass queued something.
 pub fn spawn(
-    state: AppState,
+    outbox: Outbox,
     mailer: Option<Mailer>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
@@ -156,15 +170,15 @@ pub fn spawn(
             tracing::info!("smtp.url is not set: escalation emails wait in the outbox");
             return;
         };
-        let mut tick = tokio::time::interval(state.config.scheduler.tick);
+        let mut tick = tokio::time::interval(outbox.config.scheduler.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {},
-                _ = state.outbox_wake.notified() => {},
+                _ = outbox.wake.notified() => {},
             }
-            if let Err(e) = send_due(&state, &mut mailer, &shutdown).await {
+            if let Err(e) = send_due(&outbox, &mut mailer, &shutdown).await {
                 tracing::warn!(error = %e, "outbox pass failed; retrying next tick");
             }
         }
@@ -176,7 +190,7 @@ pub fn spawn(
 /// none is due or shutdown is asked for. A claimed email is tried and
 /// settled before shutdown is looked at again.
 pub async fn send_due(
-    state: &AppState,
+    outbox: &Outbox,
     mailer: &mut Mailer,
     shutdown: &CancellationToken,
 ) -> Result<usize, StoreError> {
@@ -184,31 +198,32 @@ pub async fn send_due(
     while !shutdown.is_cancelled() {
         let now = Timestamp::now();
         let email = {
-            let mut tx = state.store.begin().await?;
-            let email = sql::claim_email(&mut tx, now, now.plus(lease(&state.config.smtp))).await?;
+            let mut tx = outbox.store.begin().await?;
+            let email =
+                sql::claim_email(&mut tx, now, now.plus(lease(&outbox.config.smtp))).await?;
             tx.commit().await?;
             email
         };
         let Some(email) = email else { break };
-        settle(state, mailer, &email).await?;
+        settle(outbox, mailer, &email).await?;
         attempted += 1;
     }
     Ok(attempted)
 }
 
 async fn settle(
-    state: &AppState,
+    outbox: &Outbox,
     mailer: &mut Mailer,
     email: &OutboxEmail,
 ) -> Result<(), StoreError> {
     // Taken before the send and kept until the outcome is committed: after
     // the server's `250` nothing waits for the pool.
-    let mut conn = state.store.conn().await?;
+    let mut conn = outbox.store.conn().await?;
     let notification = notifications_sql::find(&mut conn, &email.notification_id).await?;
     let closed = notification
         .as_ref()
         .is_some_and(|n| matches!(n.state, State::Acknowledged | State::Cancelled));
-    let smtp = &state.config.smtp;
+    let smtp = &outbox.config.smtp;
     let (outcome, error, next_attempt) = if closed {
         ("skipped", None, Timestamp::now())
     } else {
@@ -252,7 +267,7 @@ async fn settle(
         Some(n) => event = event.about(n),
         None => event.notification_id = Some(email.notification_id.clone()),
     }
-    let mut tx = state.store.begin_on(&mut conn).await?;
+    let mut tx = outbox.store.begin_on(&mut conn).await?;
     sql::settle(
         &mut tx,
         email.seq,
@@ -266,13 +281,13 @@ async fn settle(
     tx.commit().await?;
     match outcome {
         "sent" => {
-            tracing::info!(notification = %email.notification_id, level = email.level, "escalation email sent")
+            tracing::info!(notification = %email.notification_id, level = email.level, "escalation email sent");
         }
         "pending" => {
-            tracing::warn!(notification = %email.notification_id, attempt = email.attempts, error = ?error, "escalation email failed; will retry")
+            tracing::warn!(notification = %email.notification_id, attempt = email.attempts, error = ?error, "escalation email failed; will retry");
         }
         "failed" => {
-            tracing::error!(notification = %email.notification_id, error = ?error, "escalation email given up")
+            tracing::error!(notification = %email.notification_id, error = ?error, "escalation email given up");
         }
         _ => {}
     }

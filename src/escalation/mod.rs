@@ -161,7 +161,8 @@ mod tests {
     use super::*;
     use crate::auth::Identity;
     use crate::config::EscalationLevelConfig;
-    use crate::notifications::{RaiseContext, Severity, State, parse_raise};
+    use crate::notifications::{RaiseContext, State, parse_raise};
+    use crate::severity::Severity;
     use serde_json::json;
 
     fn config(include_phi: bool) -> EscalationConfig {

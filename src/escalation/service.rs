@@ -5,23 +5,40 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{RECIPIENT, message_id, render};
-use crate::app::AppState;
 use crate::audit::{Action, AuditEvent};
 use crate::auth::Identity;
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::notifications::{Notification, Recipient, Severity};
+use crate::notifications::{Notification, Recipient};
+use crate::severity::Severity;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::realtime::hub::Hub;
+use crate::store::Store;
 use crate::store::escalation::{self as sql, DueStep, OutboxEmail};
 use crate::store::notifications as notifications_sql;
 use crate::store::{StoreError, audit};
+
+/// What the escalation pass, early escalation and the user directory use.
+#[derive(Clone)]
+pub struct Escalations {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub hub: Hub,
+    /// Wakes the outbox sender when a pass queued emails.
+    pub outbox_wake: Arc<Notify>,
+}
 
 /// Claims the due steps and, for each notification still open, marks it
 /// `escalated` and queues one email per address — all in one transaction,
 /// so a step and its emails exist together or not at all. Returns how many
 /// steps fired.
-pub async fn scan(state: &AppState) -> Result<usize, Error> {
+pub async fn scan(escalations: &Escalations) -> Result<usize, Error> {
     let now = Timestamp::now();
-    let mut tx = state.store.begin().await?;
+    let mut tx = escalations.store.begin().await?;
     let due = sql::claim_due_steps(&mut tx, now).await?;
     let mut fired = 0;
     let mut events = Vec::new();
@@ -38,8 +55,13 @@ pub async fn scan(state: &AppState) -> Result<usize, Error> {
             .ok_or_else(|| Error::NotFound(step.notification_id.clone()))?;
         let (addresses, unresolved) = resolve(&mut tx, step, &notification.recipient).await?;
         sql::set_step_addresses(&mut tx, step.seq, &addresses).await?;
-        let content = render(&notification, step.level, now, &state.config.escalation);
-        let domain = sender_domain(state);
+        let content = render(
+            &notification,
+            step.level,
+            now,
+            &escalations.config.escalation,
+        );
+        let domain = sender_domain(escalations);
         for address in &addresses {
             sql::enqueue(
                 &mut tx,
@@ -95,10 +117,13 @@ pub async fn scan(state: &AppState) -> Result<usize, Error> {
     audit::append_all(&mut tx, events).await?;
     tx.commit().await.map_err(StoreError::from)?;
     if fired > 0 {
-        state.outbox_wake.notify_one();
+        escalations.outbox_wake.notify_one();
     }
     for id in &escalated {
-        state.hub.console_update("escalated", Some(id), None).await;
+        escalations
+            .hub
+            .console_update("escalated", Some(id), None)
+            .await;
     }
     Ok(fired)
 }
@@ -108,11 +133,11 @@ pub async fn scan(state: &AppState) -> Result<usize, Error> {
 /// acknowledgement deadline, and the audit log says why. The scheduler's
 /// next tick fires it.
 pub async fn start_early_if_offline(
-    state: &AppState,
+    escalations: &Escalations,
     notification: &Notification,
     sockets_reached: usize,
 ) -> Result<bool, Error> {
-    let policy = &state.config.escalation;
+    let policy = &escalations.config.escalation;
     if !policy.escalate_when_offline
         || sockets_reached > 0
         || notification.severity != Severity::Critical
@@ -121,7 +146,7 @@ pub async fn start_early_if_offline(
     }
     let now = Timestamp::now();
     let by_ms = notification.ack_deadline.millis_since(now).max(0);
-    let mut tx = state.store.begin().await?;
+    let mut tx = escalations.store.begin().await?;
     let moved = sql::bring_forward(&mut tx, &notification.id, by_ms).await?;
     audit::append(
         &mut tx,
@@ -171,8 +196,8 @@ async fn resolve(
     Ok((addresses, unresolved))
 }
 
-fn sender_domain(state: &AppState) -> String {
-    state
+fn sender_domain(escalations: &Escalations) -> String {
+    escalations
         .config
         .smtp
         .from
@@ -185,12 +210,12 @@ fn sender_domain(state: &AppState) -> String {
 
 /// Remembers the e-mail, name and roles a verified token carries, so that
 /// `recipient` in an escalation level can be resolved later.
-pub async fn remember(state: &AppState, identity: &Identity) {
+pub async fn remember(escalations: &Escalations, identity: &Identity) {
     if identity.email.is_none() && identity.name.is_none() {
         return;
     }
     let result = async {
-        let mut tx = state.store.begin().await?;
+        let mut tx = escalations.store.begin().await?;
         sql::remember_user(
             &mut tx,
             &identity.user_id,

@@ -12,12 +12,13 @@ use super::extract::{
     AdminOnly, AnyRole, Authorized, JsonBody, OptionalJsonBody, QueryParams, Reader,
     ServiceOrAdmin, from_json,
 };
-use crate::app::AppState;
 use crate::audit::{Action, AuditEvent};
 use crate::clock::Timestamp;
-use crate::notifications::{FieldError, MAX_REASON_LEN, check_text, role_room, user_room};
-use crate::realtime::SocketInfo;
+use crate::realtime::hub::SocketInfo;
+use crate::realtime::rooms::{role_room, user_room};
+use crate::state::AppState;
 use crate::store::audit::append_alone;
+use crate::validation::{FieldError, MAX_REASON_LEN, check_text};
 
 const LEVELS: [&str; 3] = ["info", "warning", "critical"];
 

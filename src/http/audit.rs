@@ -12,14 +12,15 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::extract::{Authorized, QueryParams, Reader, Roles, query_time};
-use crate::app::AppState;
 use crate::audit::review::{self, row_json, to_csv};
 use crate::audit::{Action, AuditEvent};
 use crate::auth::{Identity, roles};
 use crate::clock::Timestamp;
-use crate::notifications::{FieldError, Severity, check_identifier};
+use crate::severity::Severity;
+use crate::state::AppState;
 use crate::store::audit::{self as sql, AuditFilter, WALK_PAGE, append_alone};
 use crate::store::reports::GroupBy;
+use crate::validation::{FieldError, check_identifier};
 
 /// Auditors and admins only.
 pub struct AuditorOrAdmin;
@@ -195,7 +196,7 @@ pub async fn timeline(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_identifier("id", &id)?;
-    let trace = crate::notifications::service::get(&state, &id).await?;
+    let trace = crate::notifications::service::get(&state.notifications, &id).await?;
     record_query(
         &state,
         &caller,

@@ -10,8 +10,8 @@ use serde_json::json;
 
 use crate::auth::TokenError;
 use crate::error::Error;
-use crate::notifications::FieldError;
 use crate::store::StoreError;
+use crate::validation::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

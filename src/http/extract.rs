@@ -14,12 +14,12 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use crate::app::AppState;
 use crate::audit::{Action, AuditEvent};
 use crate::auth::{Identity, TokenError, roles};
 use crate::clock::Timestamp;
-use crate::notifications::FieldError;
+use crate::state::AppState;
 use crate::store::audit::append_alone;
+use crate::validation::FieldError;
 
 /// The set of roles an endpoint admits.
 pub trait Roles: Send + Sync + 'static {
@@ -171,7 +171,7 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| FieldError::new("body", format!("malformed JSON: {e}")).into())
 }
 
-pub use crate::notifications::deserialize_json as from_json;
+pub use crate::validation::deserialize_json as from_json;
 
 /// A query string parsed into `T`, naming the offending parameter.
 pub struct QueryParams<T>(pub T);

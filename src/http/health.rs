@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))

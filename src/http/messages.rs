@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::extract::{Authorized, JsonBody, ServiceOrAdmin};
-use crate::app::AppState;
 use crate::clock::Timestamp;
 use crate::realtime::messages::{self, MessagePolicy};
+use crate::state::AppState;
 
 pub async fn send(
     State(state): State<AppState>,

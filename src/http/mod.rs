@@ -25,7 +25,7 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use error::ApiError;
 
 /// Every route of the daemon except Socket.IO's, which the caller layers on.
@@ -74,8 +74,7 @@ pub fn router(state: AppState) -> Router {
                 let route = request
                     .extensions()
                     .get::<MatchedPath>()
-                    .map(MatchedPath::as_str)
-                    .unwrap_or("unmatched");
+                    .map_or("unmatched", MatchedPath::as_str);
                 let id = request
                     .headers()
                     .get("x-request-id")

@@ -10,13 +10,11 @@ use super::error::ApiError;
 use super::extract::{
     Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json, page_limit, query_time,
 };
-use crate::app::AppState;
 use crate::notifications::service::Trace;
-use crate::notifications::{
-    FieldError, MAX_REASON_LEN, Notification, State as NotificationState, check_identifier,
-    check_text, service,
-};
+use crate::notifications::{Notification, State as NotificationState, service};
+use crate::state::AppState;
 use crate::store::notifications::ListFilter;
+use crate::validation::{FieldError, MAX_REASON_LEN, check_identifier, check_text};
 
 /// The stored notification with its state, as the API shows it; with its
 /// trace (deliveries, escalations, emails) when there is one.
@@ -66,7 +64,7 @@ pub async fn raise(
             })?),
             None => None,
         };
-    let raised = service::raise(&state, &caller, &body, idempotency_key).await?;
+    let raised = service::raise(&state.notifications, &caller, &body, idempotency_key).await?;
     let status = if raised.created {
         StatusCode::CREATED
     } else {
@@ -87,7 +85,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_identifier("id", &id)?;
-    let trace = service::get(&state, &id).await?;
+    let trace = service::get(&state.notifications, &id).await?;
     Ok(Json(view(&trace.notification, Some(&trace))))
 }
 
@@ -143,7 +141,7 @@ pub async fn list(
             .transpose()?,
         limit: limit + 1,
     };
-    let mut page = service::list(&state, &filter).await?;
+    let mut page = service::list(&state.notifications, &filter).await?;
     let next_cursor = if page.len() > limit as usize {
         page.truncate(limit as usize);
         page.last().map(|n| n.seq.to_string())
@@ -169,6 +167,6 @@ pub async fn cancel(
     check_identifier("id", &id)?;
     let CancelBody { reason } = from_json(&body)?;
     check_text("reason", &reason, MAX_REASON_LEN)?;
-    let cancelled = service::cancel(&state, &caller, &id, &reason).await?;
+    let cancelled = service::cancel(&state.notifications, &caller, &id, &reason).await?;
     Ok(Json(view(&cancelled, None)))
 }

@@ -12,12 +12,12 @@ use super::error::ApiError;
 use super::extract::{
     AnyRole, Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json, page_limit,
 };
-use crate::app::AppState;
 use crate::auth::roles;
 use crate::error::Error;
-use crate::notifications::{FieldError, check_text};
 use crate::sessions::Session;
 use crate::sessions::service::{self, Registration};
+use crate::state::AppState;
+use crate::validation::{FieldError, check_text};
 
 fn view(session: &Session) -> Value {
     json!({
@@ -53,7 +53,8 @@ pub async fn list(
         check_text("userId", user, 256)?;
     }
     let limit = page_limit(query.limit, 50, 500)?;
-    let sessions = service::list_active(&state, query.user_id.as_deref(), i64::from(limit)).await?;
+    let sessions =
+        service::list_active(&state.sessions, query.user_id.as_deref(), i64::from(limit)).await?;
     let items: Vec<Value> = sessions.iter().map(view).collect();
     Ok(Json(json!({ "items": items })))
 }
@@ -102,7 +103,7 @@ pub async fn register(
         idle_timeout,
         max_lifetime,
     };
-    let (session, created) = service::register(&state, &caller, &id, registration).await?;
+    let (session, created) = service::register(&state.sessions, &caller, &id, registration).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -117,7 +118,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_text("sessionId", &id, 256)?;
-    let session = service::get(&state, &id).await?;
+    let session = service::get(&state.sessions, &id).await?;
     let privileged = caller.has_any_role(&[roles::SERVICE, roles::ADMIN]);
     if !privileged && session.user_id != caller.user_id {
         return Err(Error::Forbidden("this session belongs to another user".into()).into());
@@ -131,6 +132,6 @@ pub async fn terminate(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_text("sessionId", &id, 256)?;
-    let session = service::terminate(&state, &caller, &id).await?;
+    let session = service::terminate(&state.sessions, &caller, &id).await?;
     Ok(Json(view(&session)))
 }

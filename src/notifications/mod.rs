@@ -7,10 +7,8 @@
 //! Never: touch the network or the database from the plain functions here,
 //! so every rule is tested without either.
 
-pub mod committer;
 pub mod service;
 
-use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -20,40 +18,12 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Identity;
 use crate::clock::Timestamp;
-
-/// How urgent a finding is, after the ACR actionable-finding categories.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Category 1: communicate within minutes.
-    Critical,
-    /// Category 2: within hours.
-    Urgent,
-    /// Category 3: within days.
-    Actionable,
-}
-
-impl Severity {
-    pub const ALL: [Severity; 3] = [Severity::Critical, Severity::Urgent, Severity::Actionable];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Critical => "critical",
-            Severity::Urgent => "urgent",
-            Severity::Actionable => "actionable",
-        }
-    }
-}
-
-impl FromStr for Severity {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Severity::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or(())
-    }
-}
+use crate::realtime::rooms::{role_room, user_room};
+pub use crate::severity::Severity;
+use crate::validation::{
+    FieldError, MAX_ACK_WITHIN_MS, MAX_ID_LEN, MAX_MESSAGE_LEN, MAX_TITLE_LEN, check_identifier,
+    check_text, deserialize_json,
+};
 
 /// Lifecycle of a notification. Only `pending` and `escalated` are open:
 /// they are replayed, may be acknowledged and may be cancelled.
@@ -122,16 +92,6 @@ impl Serialize for Recipient {
         }
         map.end()
     }
-}
-
-pub fn user_room(user_id: &str) -> String {
-    format!("user:{user_id}")
-}
-pub fn role_room(role: &str) -> String {
-    format!("role:{role}")
-}
-pub fn session_room(session_id: &str) -> String {
-    format!("session:{session_id}")
 }
 
 /// A stored notification with its current state.
@@ -224,30 +184,6 @@ pub struct NewNotification {
     pub created_at: Timestamp,
     pub ack_deadline: Timestamp,
 }
-
-/// A field of a request that is not acceptable, named as the client wrote it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-pub const MAX_ID_LEN: usize = 128;
-pub const MAX_TITLE_LEN: usize = 200;
-pub const MAX_MESSAGE_LEN: usize = 4000;
-pub const MAX_REASON_LEN: usize = 1000;
-/// The longest `ackWithin` accepted: 90 days.
-pub const MAX_ACK_WITHIN_MS: u64 = 90 * 86_400_000;
 
 /// The body of `POST /api/v1/notifications`, as the client sent it.
 #[derive(Debug, Deserialize)]
@@ -369,36 +305,65 @@ pub fn parse_raise(
     })
 }
 
-/// Deserializes JSON into `T`, naming the field that is wrong, missing or
-/// unknown (`recipient.userId`, not "line 1 column 40").
-/// Request bodies are always JSON objects.
-pub fn deserialize_json<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, FieldError> {
-    if !value.is_object() {
-        return Err(FieldError::new("body", "must be a JSON object"));
-    }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.into_inner().to_string();
-        // A missing field is reported on its parent: name the field itself.
-        let named = ["missing field `", "unknown field `"]
-            .iter()
-            .find_map(|prefix| message.strip_prefix(prefix))
-            .and_then(|rest| rest.split('`').next());
-        let field = match (path.as_str(), named) {
-            (_, Some(name)) if path == name || path.ends_with(&format!(".{name}")) => path,
-            (".", Some(name)) => name.to_string(),
-            (_, Some(name)) => format!("{path}.{name}"),
-            (".", None) => "body".to_string(),
-            _ => path,
-        };
-        FieldError::new(field, message)
-    })
-}
-
 /// SHA-256 of the body's canonical JSON (object keys sorted), hex.
 pub fn request_hash(body: &Value) -> String {
     // serde_json's Map is ordered by key, so `to_string` is canonical.
     hex::encode(Sha256::digest(body.to_string().as_bytes()))
+}
+
+/// What a finding says, as raised: the part of a notification that never
+/// changes afterwards (not its state or acknowledgement).
+pub struct FindingContent<'a> {
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub severity: Severity,
+    pub title: &'a str,
+    pub message: Option<&'a str>,
+    pub patient_id: Option<&'a str>,
+    pub study_id: Option<&'a str>,
+    pub accession_number: Option<&'a str>,
+    pub recipient: &'a Recipient,
+    pub created_by: &'a str,
+    pub created_at: Timestamp,
+    pub ack_deadline: Timestamp,
+}
+
+impl Notification {
+    pub fn content(&self) -> FindingContent<'_> {
+        FindingContent {
+            id: &self.id,
+            kind: &self.kind,
+            severity: self.severity,
+            title: &self.title,
+            message: self.message.as_deref(),
+            patient_id: self.patient_id.as_deref(),
+            study_id: self.study_id.as_deref(),
+            accession_number: self.accession_number.as_deref(),
+            recipient: &self.recipient,
+            created_by: &self.created_by,
+            created_at: self.created_at,
+            ack_deadline: self.ack_deadline,
+        }
+    }
+}
+
+impl NewNotification {
+    pub fn content(&self) -> FindingContent<'_> {
+        FindingContent {
+            id: &self.id,
+            kind: &self.kind,
+            severity: self.severity,
+            title: &self.title,
+            message: self.message.as_deref(),
+            patient_id: self.patient_id.as_deref(),
+            study_id: self.study_id.as_deref(),
+            accession_number: self.accession_number.as_deref(),
+            recipient: &self.recipient,
+            created_by: &self.created_by,
+            created_at: self.created_at,
+            ack_deadline: self.ack_deadline,
+        }
+    }
 }
 
 /// SHA-256 (hex) of what a finding said when it was raised: every field a
@@ -409,76 +374,32 @@ pub fn request_hash(body: &Value) -> String {
 /// times are epoch milliseconds): unambiguous, and documented in
 /// docs/audit.md so a reviewer can recompute it without readback.
 pub fn content_digest(notification: &Notification) -> String {
-    let (user, role) = match &notification.recipient {
+    finding_digest(&notification.content())
+}
+
+/// [`content_digest`] of any view of a finding.
+pub fn finding_digest(finding: &FindingContent<'_>) -> String {
+    let (user, role) = match finding.recipient {
         Recipient::User(user) => (Some(user), None),
         Recipient::Role(role) => (None, Some(role)),
     };
     let canonical = serde_json::json!([
         "readback.finding/1",
-        notification.id,
-        notification.kind,
-        notification.severity.as_str(),
-        notification.title,
-        notification.message,
-        notification.patient_id,
-        notification.study_id,
-        notification.accession_number,
+        finding.id,
+        finding.kind,
+        finding.severity.as_str(),
+        finding.title,
+        finding.message,
+        finding.patient_id,
+        finding.study_id,
+        finding.accession_number,
         user,
         role,
-        notification.created_by,
-        notification.created_at.as_millis(),
-        notification.ack_deadline.as_millis(),
+        finding.created_by,
+        finding.created_at.as_millis(),
+        finding.ack_deadline.as_millis(),
     ]);
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
-}
-
-/// Caller-chosen ids: short and URL-safe, so they can sit in a path.
-pub fn check_identifier(field: &str, value: &str) -> Result<(), FieldError> {
-    if value.is_empty() || value.len() > MAX_ID_LEN {
-        return Err(FieldError::new(
-            field,
-            format!("must be 1 to {MAX_ID_LEN} characters"),
-        ));
-    }
-    if !value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-    {
-        return Err(FieldError::new(
-            field,
-            "may contain only letters, digits, '-', '_', '.' and ':'",
-        ));
-    }
-    Ok(())
-}
-
-/// Free text: not blank, bounded, no control characters but line breaks.
-pub fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), FieldError> {
-    if value.trim().is_empty() {
-        return Err(FieldError::new(field, "must not be empty"));
-    }
-    if value.chars().count() > max_chars {
-        return Err(FieldError::new(
-            field,
-            format!("must be at most {max_chars} characters"),
-        ));
-    }
-    if value
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
-    {
-        return Err(FieldError::new(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 #[cfg(test)]

@@ -9,16 +9,44 @@
 
 use serde_json::{Value, json};
 
-use super::{Notification, RaiseContext, State, parse_raise};
-use crate::app::AppState;
+use super::{NewNotification, Notification, RaiseContext, State, finding_digest, parse_raise};
 use crate::audit::{Action, AuditEvent};
 use crate::auth::Identity;
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::realtime::Sent;
+use crate::realtime::hub::Sent;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::escalation::service::Escalations;
+use crate::metrics::Metrics;
+use crate::realtime::hub::Hub;
+use crate::store::Store;
 use crate::store::escalation::{self as escalation_sql, EmailStatus, FiredStep};
+use crate::store::group_commit::Committer;
 use crate::store::notifications::{self as sql, Delivery, ListFilter};
 use crate::store::{StoreError, audit};
+
+/// What raising, delivering, acknowledging and cancelling use.
+#[derive(Clone)]
+pub struct Notifications {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    /// Raises and delivery records are committed in groups through this
+    /// one queue.
+    pub writes: Committer,
+    pub escalations: Escalations,
+    /// Background work started by requests (retries after a commit):
+    /// waited for, within `server.shutdown_timeout`, before the pool closes.
+    pub tasks: TaskTracker,
+    /// Fires when the daemon starts draining.
+    pub shutdown: CancellationToken,
+}
 
 /// What a raise did: `created` is false when it was an idempotent retry.
 pub struct Raised {
@@ -38,46 +66,61 @@ pub struct Raised {
 /// logged and counted in `readback_post_commit_failures_total`; delivery
 /// records are retried in the background until the database takes them.
 pub async fn raise(
-    state: &AppState,
+    notifications: &Notifications,
     caller: &Identity,
     body: &Value,
     idempotency_key: Option<&str>,
 ) -> Result<Raised, Error> {
-    let now = Timestamp::now();
-    let ack_within = |severity| state.config.ack_within(severity);
+    // 1. Parse: a request that is not a valid raise changes nothing.
+    let ack_within = |severity| notifications.config.ack_within(severity);
     let new = parse_raise(
         body,
         &RaiseContext {
             caller,
             idempotency_key,
-            now,
+            now: Timestamp::now(),
             ack_within: &ack_within,
         },
     )?;
 
-    // The escalation plan is written with the notification: the policy in
-    // force now is the one it follows, whatever the config says later.
-    let steps = crate::escalation::plan(&state.config.escalation, new.ack_deadline);
+    // 2. Plan: the escalation policy in force now is the one it follows,
+    //    whatever the config says later.
+    let steps = crate::escalation::plan(&notifications.config.escalation, new.ack_deadline);
+    let raised = raised_event(&new, steps.len(), caller);
+
+    // 3. Commit the notification, its steps and its audit row together.
     let (id, idempotency_key, request_hash) = (
         new.id.clone(),
         new.idempotency_key.clone(),
         new.request_hash.clone(),
     );
-    let Some(notification) = state.writes.insert(new, steps, caller).await? else {
-        return retried(state, &id, idempotency_key.as_deref(), &request_hash).await;
+    let Some(notification) = notifications.writes.insert(new, steps, raised).await? else {
+        return retried(
+            notifications,
+            &id,
+            idempotency_key.as_deref(),
+            &request_hash,
+        )
+        .await;
     };
-    // Committed: from here on the answer is 201.
-    state.metrics.raised(notification.severity.as_str());
+    // Committed: from here on the answer is 201 (the failure policy above).
+    notifications.metrics.raised(notification.severity.as_str());
     tracing::info!(notification = %notification.id, severity = %notification.severity, "raised");
 
-    let (deliveries, sockets_reached) = deliver(state, &notification, &[], false).await;
-    if let Err(e) =
-        crate::escalation::service::start_early_if_offline(state, &notification, sockets_reached)
-            .await
+    // 4. Emit to the recipient's sockets and record each delivery.
+    let (deliveries, sockets_reached) = deliver(notifications, &notification, &[], false).await;
+
+    // 5. Nobody online to see a critical finding: escalate now.
+    if let Err(e) = crate::escalation::service::start_early_if_offline(
+        &notifications.escalations,
+        &notification,
+        sockets_reached,
+    )
+    .await
     {
-        post_commit_failed(state, "escalate_early", &notification.id, &e);
+        post_commit_failed(notifications, "escalate_early", &notification.id, &e);
     }
-    state
+    notifications
         .hub
         .console_update("raised", Some(&notification.id), None)
         .await;
@@ -88,18 +131,37 @@ pub async fn raise(
     })
 }
 
+/// The `notification.raised` audit row of a raise, built before the commit
+/// that writes it with the notification.
+fn raised_event(new: &NewNotification, escalation_levels: usize, caller: &Identity) -> AuditEvent {
+    let finding = new.content();
+    AuditEvent::new(Action::NotificationRaised, new.created_at)
+        .by(caller)
+        .about_finding(&finding)
+        .detail(json!({
+            "severity": new.severity,
+            "recipient": new.recipient,
+            "ackDeadline": new.ack_deadline,
+            "idempotencyKey": new.idempotency_key,
+            "escalationLevels": escalation_levels,
+            // Binds the finding's title, message and identifiers into the
+            // hash chain.
+            "contentDigest": finding_digest(&finding),
+        }))
+}
+
 /// The id or the idempotency key of a raise is taken: a retry gets the
 /// first notification back (and, while it is open, it is sent again to the
 /// recipient's sockets that have no delivery on record); a different body
 /// under the same key is refused.
 async fn retried(
-    state: &AppState,
+    notifications: &Notifications,
     id: &str,
     idempotency_key: Option<&str>,
     request_hash: &str,
 ) -> Result<Raised, Error> {
     let (existing, recorded) = {
-        let mut conn = state.store.conn().await?;
+        let mut conn = notifications.store.conn().await?;
         let existing = match sql::find(&mut conn, id).await? {
             Some(found) => Some(found),
             None => match idempotency_key {
@@ -123,7 +185,7 @@ async fn retried(
     let mut deliveries = recorded;
     if matches!(existing.state, State::Pending | State::Escalated) {
         let skip: Vec<String> = deliveries.iter().map(|d| d.socket_id.clone()).collect();
-        deliveries.extend(deliver(state, &existing, &skip, true).await.0);
+        deliveries.extend(deliver(notifications, &existing, &skip, true).await.0);
     }
     Ok(Raised {
         notification: existing,
@@ -136,13 +198,13 @@ async fn retried(
 /// (except `skip`) and records what happened; never fails. Returns the
 /// deliveries and how many sockets were reached.
 async fn deliver(
-    state: &AppState,
+    notifications: &Notifications,
     notification: &Notification,
     skip: &[String],
     replayed: bool,
 ) -> (Vec<Delivery>, usize) {
     let payload = serde_json::to_value(notification.to_wire(replayed)).expect("serializable");
-    let delivered = state
+    let delivered = notifications
         .hub
         .deliver(
             vec![notification.recipient.room()],
@@ -163,37 +225,46 @@ async fn deliver(
         .collect();
     let (deliveries, events) = delivery_records(&reached, &missed, replayed);
     let count = reached.len();
-    if let Err(e) = record(state, deliveries.clone(), events.clone(), replayed).await {
-        post_commit_failed(state, "record_deliveries", &notification.id, &e);
-        retry_recording(state, deliveries.clone(), events);
+    if let Err(e) = record(notifications, deliveries.clone(), events.clone(), replayed).await {
+        post_commit_failed(notifications, "record_deliveries", &notification.id, &e);
+        retry_recording(notifications, deliveries.clone(), events);
     }
     (deliveries, count)
 }
 
 /// Logs and counts a step after a commit that failed; the committed change
 /// stands (see [`raise`]).
-fn post_commit_failed(state: &AppState, step: &'static str, notification: &str, error: &Error) {
-    state.metrics.post_commit_failed(step);
+fn post_commit_failed(
+    notifications: &Notifications,
+    step: &'static str,
+    notification: &str,
+    error: &Error,
+) {
+    notifications.metrics.post_commit_failed(step);
     tracing::error!(notification, step, error = %error, "a step after the commit failed; the committed change stands");
 }
 
 /// Keeps trying to record deliveries that were made but could not be
 /// recorded, with backoff, until the database takes them or the daemon
 /// stops (the notification stays open either way, so nothing is lost).
-fn retry_recording(state: &AppState, deliveries: Vec<Delivery>, events: Vec<AuditEvent>) {
-    let state = state.clone();
+fn retry_recording(
+    notifications: &Notifications,
+    deliveries: Vec<Delivery>,
+    events: Vec<AuditEvent>,
+) {
+    let notifications = notifications.clone();
     let replayed = deliveries.first().is_some_and(|d| d.replayed);
-    state.tasks.clone().spawn(async move {
+    notifications.tasks.clone().spawn(async move {
         let mut wait = std::time::Duration::from_millis(100);
         loop {
             tokio::select! {
-                _ = state.shutdown.cancelled() => {
+                _ = notifications.shutdown.cancelled() => {
                     tracing::warn!(deliveries = deliveries.len(), "stopping with delivery records unwritten");
                     return;
                 }
                 _ = tokio::time::sleep(wait) => {}
             }
-            match record(&state, deliveries.clone(), events.clone(), replayed).await {
+            match record(&notifications, deliveries.clone(), events.clone(), replayed).await {
                 Ok(()) => {
                     tracing::info!(deliveries = deliveries.len(), "delivery records written after a retry");
                     return;
@@ -261,7 +332,7 @@ pub fn delivery_records(
 /// Writes delivery records (after the emit: a crash in between loses only
 /// the record, never the notification, which stays open and is replayed).
 pub async fn record(
-    state: &AppState,
+    notifications: &Notifications,
     deliveries: Vec<Delivery>,
     events: Vec<AuditEvent>,
     replayed: bool,
@@ -270,16 +341,22 @@ pub async fn record(
         return Ok(());
     }
     let count = deliveries.len();
-    state.writes.record_deliveries(deliveries, events).await?;
+    notifications
+        .writes
+        .record_deliveries(deliveries, events)
+        .await?;
     for _ in 0..count {
-        state.metrics.delivered(replayed);
+        notifications.metrics.delivered(replayed);
     }
     Ok(())
 }
 
 /// Open notifications a connecting user must be sent again, oldest first.
-pub async fn pending_for(state: &AppState, who: &Identity) -> Result<Vec<Notification>, Error> {
-    let mut conn = state.store.conn().await?;
+pub async fn pending_for(
+    notifications: &Notifications,
+    who: &Identity,
+) -> Result<Vec<Notification>, Error> {
+    let mut conn = notifications.store.conn().await?;
     Ok(sql::open_for(&mut conn, &who.user_id, &who.roles).await?)
 }
 
@@ -298,19 +375,19 @@ pub struct Acknowledged {
 /// wins by compare-and-set in the database; later ones (from any tab, or
 /// any holder of the role) get the first one's answer.
 pub async fn acknowledge(
-    state: &AppState,
+    notifications: &Notifications,
     caller: &Identity,
     id: &str,
     socket_id: Option<&str>,
 ) -> Result<Acknowledged, Error> {
     let now = Timestamp::now();
-    let mut tx = state.store.begin().await?;
+    let mut tx = notifications.store.begin().await?;
     let notification = sql::find(&mut tx, id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("notification {id} not found")))?;
     if !notification.may_be_acknowledged_by(caller) {
         drop(tx);
-        audit_refusal(state, caller, &notification, "not the recipient").await;
+        audit_refusal(notifications, caller, &notification, "not the recipient").await;
         return Err(Error::Forbidden(format!(
             "notification {id} is not addressed to you"
         )));
@@ -330,7 +407,7 @@ pub async fn acknowledge(
         )
         .await?;
         tx.commit().await.map_err(StoreError::from)?;
-        state.metrics.acknowledged.inc();
+        notifications.metrics.acknowledged.inc();
         tracing::info!(notification = %id, user = %caller.user_id, "acknowledged");
         let answer = Acknowledged {
             notification_id: id.to_string(),
@@ -338,7 +415,7 @@ pub async fn acknowledge(
             acknowledged_by: caller.user_id.clone(),
             first: true,
         };
-        state
+        notifications
             .hub
             .emit(
                 vec![notification.recipient.room()],
@@ -350,7 +427,7 @@ pub async fn acknowledge(
                 }),
             )
             .await;
-        state
+        notifications
             .hub
             .console_update("acknowledged", Some(id), Some(&caller.user_id))
             .await;
@@ -384,13 +461,13 @@ pub async fn acknowledge(
 /// Withdraws an open notification: recipients are told, escalation stops.
 /// Cancelling a cancelled notification again answers as the first time.
 pub async fn cancel(
-    state: &AppState,
+    notifications: &Notifications,
     caller: &Identity,
     id: &str,
     reason: &str,
 ) -> Result<Notification, Error> {
     let now = Timestamp::now();
-    let mut tx = state.store.begin().await?;
+    let mut tx = notifications.store.begin().await?;
     let notification = sql::find(&mut tx, id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("notification {id} not found")))?;
@@ -416,8 +493,8 @@ pub async fn cancel(
         .await?
         .ok_or_else(|| Error::NotFound(format!("notification {id} not found")))?;
     tx.commit().await.map_err(StoreError::from)?;
-    state.metrics.cancelled.inc();
-    state
+    notifications.metrics.cancelled.inc();
+    notifications
         .hub
         .emit(
             vec![cancelled.recipient.room()],
@@ -425,7 +502,10 @@ pub async fn cancel(
             json!({ "notificationId": id, "cancelledAt": now, "reason": reason }),
         )
         .await;
-    state.hub.console_update("cancelled", Some(id), None).await;
+    notifications
+        .hub
+        .console_update("cancelled", Some(id), None)
+        .await;
     Ok(cancelled)
 }
 
@@ -437,8 +517,8 @@ pub struct Trace {
     pub emails: Vec<EmailStatus>,
 }
 
-pub async fn get(state: &AppState, id: &str) -> Result<Trace, Error> {
-    let mut conn = state.store.conn().await?;
+pub async fn get(notifications: &Notifications, id: &str) -> Result<Trace, Error> {
+    let mut conn = notifications.store.conn().await?;
     let notification = sql::find(&mut conn, id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("notification {id} not found")))?;
@@ -450,15 +530,18 @@ pub async fn get(state: &AppState, id: &str) -> Result<Trace, Error> {
     })
 }
 
-pub async fn list(state: &AppState, filter: &ListFilter) -> Result<Vec<Notification>, Error> {
-    let mut conn = state.store.conn().await?;
+pub async fn list(
+    notifications: &Notifications,
+    filter: &ListFilter,
+) -> Result<Vec<Notification>, Error> {
+    let mut conn = notifications.store.conn().await?;
     Ok(sql::list(&mut conn, filter).await?)
 }
 
 /// Records a refused acknowledgement; failure to audit is logged, since the
 /// refusal itself changed nothing.
 async fn audit_refusal(
-    state: &AppState,
+    notifications: &Notifications,
     caller: &Identity,
     notification: &Notification,
     why: &str,
@@ -468,7 +551,7 @@ async fn audit_refusal(
         .about(notification)
         .outcome("refused")
         .detail(json!({ "reason": why }));
-    if let Err(e) = audit::append_alone(&state.store, &event).await {
+    if let Err(e) = audit::append_alone(&notifications.store, &event).await {
         tracing::warn!(error = %e, "could not audit a refused acknowledgement");
     }
 }

@@ -12,15 +12,15 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use socketioxide_core::adapter::DefinedAdapter;
 
 use super::{Connection, Sent, topics};
-use crate::app::AppState;
 use crate::audit::{Action, AuditEvent};
 use crate::auth::{Identity, TokenError};
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::notifications::{
-    FieldError, check_identifier, check_text, role_room, service, session_room, user_room,
-};
+use crate::notifications::service;
+use crate::realtime::rooms::{role_room, session_room, user_room};
 use crate::sessions::service::{self as sessions, OnConnect, SessionClock};
+use crate::state::AppState;
+use crate::validation::{FieldError, check_identifier, check_text};
 
 /// Registers the default namespace. Returns the adapter's init result
 /// (a future for cluster adapters, `()` for the local one).
@@ -129,8 +129,8 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
         return Ok(());
     };
     let identity = &connection.identity;
-    crate::escalation::service::remember(&state, identity).await;
-    let admission = match sessions::on_connect(&state, identity).await {
+    crate::escalation::service::remember(&state.escalations, identity).await;
+    let admission = match sessions::on_connect(&state.sessions, identity).await {
         Ok(OnConnect::NoSession) => Admission::Admitted,
         Ok(OnConnect::Active(clock)) => {
             socket.extensions.insert(Arc::new(clock));
@@ -314,7 +314,7 @@ async fn announce_presence<A: Adapter>(
 /// Any client event counts as activity on the socket's session.
 async fn touch<A: Adapter>(socket: &SocketRef<A>, state: &AppState) -> Option<Timestamp> {
     let clock = socket.extensions.get::<Arc<SessionClock>>()?;
-    Some(sessions::touch(state, &clock).await)
+    Some(sessions::touch(&state.sessions, &clock).await)
 }
 
 /// Sends every open notification of the user (direct or through a role),
@@ -326,7 +326,7 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
     // next connect.
     let mut retry_in = std::time::Duration::from_millis(100);
     let pending = loop {
-        match service::pending_for(state, identity).await {
+        match service::pending_for(&state.notifications, identity).await {
             Ok(pending) => break pending,
             Err(e) => {
                 if !socket.connected() {
@@ -358,14 +358,14 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
                 missed.push((
                     notification,
                     sent.clone(),
-                    crate::realtime::SEND_BUFFER_FULL,
+                    crate::realtime::hub::SEND_BUFFER_FULL,
                 ));
                 break;
             }
         }
     }
     let (deliveries, events) = service::delivery_records(&reached, &missed, true);
-    if let Err(e) = service::record(state, deliveries, events, true).await {
+    if let Err(e) = service::record(&state.notifications, deliveries, events, true).await {
         tracing::error!(socket = %socket.id, error = %e, "could not record replayed deliveries");
     }
 }
@@ -571,7 +571,7 @@ async fn extend_session<A: Adapter>(
     let data = payload_object(data, "{ sessionId }")?;
     let session_id = required_string(&data, "sessionId")?;
     check_text("sessionId", session_id, 256)?;
-    let expires_at = sessions::extend(state, &connection.identity, session_id).await?;
+    let expires_at = sessions::extend(&state.sessions, &connection.identity, session_id).await?;
     Ok(json!({ "ok": true, "sessionId": session_id, "expiresAt": expires_at }))
 }
 
@@ -597,7 +597,8 @@ async fn acknowledge<A: Adapter>(
         Some(_) => return Err(FieldError::new("userId", "must be a string").into()),
     }
     let socket_id = socket.id.to_string();
-    let acknowledged = service::acknowledge(state, identity, id, Some(&socket_id)).await?;
+    let acknowledged =
+        service::acknowledge(&state.notifications, identity, id, Some(&socket_id)).await?;
     Ok(json!({
         "ok": true,
         "notificationId": acknowledged.notification_id,

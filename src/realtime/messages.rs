@@ -13,7 +13,10 @@ use wildmatch::WildMatch;
 
 use super::topics::{RESERVED_TOPIC_PREFIX, check_name as check_topic, topic_room};
 use crate::clock::Timestamp;
-use crate::notifications::{FieldError, check_text, deserialize_json, role_room, user_room};
+use crate::realtime::rooms::{role_room, user_room};
+use crate::validation::{
+    FieldError, MAX_EVENT_NAME_LEN, check_text, deserialize_json, event_name_char,
+};
 
 /// Event names readback itself sends or receives (PROTOCOL §2, the
 /// Socket.IO client's own, and readback's extensions): never a message.
@@ -43,25 +46,8 @@ pub const RESERVED_EVENTS: &[&str] = &[
     "removeListener",
 ];
 
-const MAX_EVENT_LEN: usize = 64;
 /// At most this many users in one `to.userIds`.
 pub const MAX_USER_IDS: usize = 1000;
-
-fn event_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "_.:-".contains(c)
-}
-
-/// A configured event-name pattern: an event name in which `*` matches
-/// anything.
-pub fn check_pattern(pattern: &str) -> Result<(), &'static str> {
-    if pattern.is_empty() || pattern.len() > MAX_EVENT_LEN {
-        return Err("must be 1 to 64 characters");
-    }
-    if !pattern.chars().all(|c| c == '*' || event_char(c)) {
-        return Err("may only contain letters, digits, _ . : - and *");
-    }
-    Ok(())
-}
 
 /// Who a message goes to: exactly one of these.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,9 +116,7 @@ pub fn parse(body: &Value, policy: &MessagePolicy, now: Timestamp) -> Result<Mes
         Some(Value::Object(map)) => map,
         Some(_) => return Err(FieldError::new("data", "must be a JSON object")),
     };
-    let size = serde_json::to_vec(&data)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(&data).map_or(usize::MAX, |v| v.len());
     if size > policy.max_data_bytes {
         return Err(FieldError::new(
             "data",
@@ -205,7 +189,7 @@ fn addressees(to: To) -> Result<Addressees, FieldError> {
 }
 
 fn check_event(event: &str, allowed: &[String]) -> Result<(), FieldError> {
-    if event.is_empty() || event.len() > MAX_EVENT_LEN || !event.chars().all(event_char) {
+    if event.is_empty() || event.len() > MAX_EVENT_NAME_LEN || !event.chars().all(event_name_char) {
         return Err(FieldError::new(
             "event",
             "must be 1 to 64 letters, digits or _ . : -",
@@ -233,7 +217,13 @@ mod tests {
     use super::*;
 
     fn policy(events: &[&str]) -> (Vec<String>, usize) {
-        (events.iter().map(|e| e.to_string()).collect(), 100)
+        (
+            events
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
+            100,
+        )
     }
 
     fn parse_with(body: Value, events: &[&str]) -> Result<Message, FieldError> {

@@ -11,46 +11,27 @@ use wildmatch::WildMatch;
 
 use crate::auth::{Identity, roles};
 use crate::error::Error;
-use crate::notifications::FieldError;
+use crate::validation::{FieldError, MAX_TOPIC_NAME_LEN, topic_name_char};
 
-/// The operator console's live feed: admins and auditors only.
-pub const CONSOLE_TOPIC: &str = "readback.console";
+pub use super::rooms::CONSOLE_TOPIC;
 /// Topics under this prefix are readback's own.
 pub const RESERVED_TOPIC_PREFIX: &str = "readback.";
-const MAX_TOPIC_LEN: usize = 200;
 
-pub fn topic_room(topic: &str) -> String {
-    format!("topic:{topic}")
-}
-
-fn valid_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "._:/@+-".contains(c)
-}
+pub use super::rooms::topic_room;
 
 /// A topic name: 1–200 of `A-Z a-z 0-9 . _ : / @ + -`.
 pub fn check_name(topic: &str) -> Result<(), FieldError> {
-    if topic.is_empty() || topic.len() > MAX_TOPIC_LEN {
+    if topic.is_empty() || topic.len() > MAX_TOPIC_NAME_LEN {
         return Err(FieldError::new(
             "topic",
-            format!("must be 1 to {MAX_TOPIC_LEN} characters"),
+            format!("must be 1 to {MAX_TOPIC_NAME_LEN} characters"),
         ));
     }
-    if !topic.chars().all(valid_char) {
+    if !topic.chars().all(topic_name_char) {
         return Err(FieldError::new(
             "topic",
             "may only contain letters, digits and . _ : / @ + -",
         ));
-    }
-    Ok(())
-}
-
-/// A configured pattern: a topic name in which `*` matches anything.
-pub fn check_pattern(pattern: &str) -> Result<(), &'static str> {
-    if pattern.is_empty() || pattern.len() > MAX_TOPIC_LEN {
-        return Err("must be 1 to 200 characters");
-    }
-    if !pattern.chars().all(|c| c == '*' || valid_char(c)) {
-        return Err("may only contain letters, digits, . _ : / @ + - and *");
     }
     Ok(())
 }
@@ -93,11 +74,12 @@ pub fn may_subscribe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validation::check_topic_pattern;
 
     fn identity(roles: &[&str]) -> Identity {
         Identity {
             user_id: "u".into(),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
+            roles: roles.iter().map(std::string::ToString::to_string).collect(),
             session_id: None,
             email: None,
             name: None,
@@ -154,7 +136,7 @@ mod tests {
                 Err(Error::Invalid(_))
             ));
         }
-        assert!(check_pattern("study:*").is_ok());
-        assert!(check_pattern("stu dy").is_err());
+        assert!(check_topic_pattern("study:*").is_ok());
+        assert!(check_topic_pattern("stu dy").is_err());
     }
 }

@@ -141,7 +141,11 @@ mod tests {
     #[test]
     fn the_shortest_role_override_wins() {
         let config = config();
-        let roles = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let roles = |r: &[&str]| {
+            r.iter()
+                .map(std::string::ToString::to_string)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
             SessionPolicy::for_roles(&config, &roles(&["radiologist"])).idle_timeout,
             Duration::from_secs(900)

@@ -6,14 +6,26 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{Session, SessionPolicy, SessionState, expires_at, next_due_at};
-use crate::app::AppState;
 use crate::audit::{Action, AuditEvent};
 use crate::auth::Identity;
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::notifications::session_room;
+use crate::realtime::rooms::session_room;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::realtime::hub::Hub;
+use crate::store::Store;
 use crate::store::sessions as sql;
 use crate::store::{StoreError, audit};
+
+/// What session bookkeeping uses.
+#[derive(Clone)]
+pub struct Sessions {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub hub: Hub,
+}
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
@@ -54,13 +66,13 @@ pub enum OnConnect {
 
 /// Starts the token's session if it is new, or records the connection as
 /// activity if it is active.
-pub async fn on_connect(state: &AppState, identity: &Identity) -> Result<OnConnect, Error> {
+pub async fn on_connect(sessions: &Sessions, identity: &Identity) -> Result<OnConnect, Error> {
     let Some(session_id) = identity.session_id.as_deref() else {
         return Ok(OnConnect::NoSession);
     };
     let now = Timestamp::now();
-    let policy = SessionPolicy::for_roles(&state.config.sessions, &identity.roles);
-    let mut tx = state.store.begin().await?;
+    let policy = SessionPolicy::for_roles(&sessions.config.sessions, &identity.roles);
+    let mut tx = sessions.store.begin().await?;
     let fresh = new_session(session_id, &identity.user_id, now, &policy);
     let started = sql::insert(
         &mut tx,
@@ -125,9 +137,9 @@ fn new_session(id: &str, user_id: &str, now: Timestamp, policy: &SessionPolicy) 
 /// `sessions.activity_coalesce` per socket; the scheduler judges due times
 /// that much late, so coalescing never expires a session early.
 /// Returns the expiry the session now has.
-pub async fn touch(state: &AppState, clock: &SessionClock) -> Timestamp {
+pub async fn touch(sessions: &Sessions, clock: &SessionClock) -> Timestamp {
     let now = Timestamp::now();
-    let window = millis(state.config.sessions.activity_coalesce);
+    let window = millis(sessions.config.sessions.activity_coalesce);
     let last = clock.last_written.load(Ordering::Relaxed);
     if now.as_millis() - last >= window
         && clock
@@ -136,7 +148,7 @@ pub async fn touch(state: &AppState, clock: &SessionClock) -> Timestamp {
             .is_ok()
     {
         let written = async {
-            let mut conn = state.store.conn().await?;
+            let mut conn = sessions.store.conn().await?;
             sql::touch(&mut conn, &clock.session_id, now).await
         }
         .await;
@@ -152,7 +164,7 @@ pub async fn touch(state: &AppState, clock: &SessionClock) -> Timestamp {
 /// `extend_session`: resets the idle clock now (not coalesced) and tells
 /// every socket of the session.
 pub async fn extend(
-    state: &AppState,
+    sessions: &Sessions,
     caller: &Identity,
     session_id: &str,
 ) -> Result<Timestamp, Error> {
@@ -162,7 +174,7 @@ pub async fn extend(
         ));
     }
     let now = Timestamp::now();
-    let mut tx = state.store.begin().await?;
+    let mut tx = sessions.store.begin().await?;
     let expires = match sql::touch(&mut tx, session_id, now).await? {
         Some(expires) => expires,
         None => {
@@ -191,7 +203,7 @@ pub async fn extend(
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
-    state
+    sessions
         .hub
         .emit(
             vec![session_room(session_id)],
@@ -212,12 +224,12 @@ pub struct Registration {
 /// Registers a session (or changes an active one's timing). Returns the
 /// session and whether it was created.
 pub async fn register(
-    state: &AppState,
+    sessions: &Sessions,
     caller: &Identity,
     id: &str,
     registration: Registration,
 ) -> Result<(Session, bool), Error> {
-    let config = &state.config.sessions;
+    let config = &sessions.config.sessions;
     let mut policy = SessionPolicy::for_roles(config, &[]);
     if let Some(max) = registration.max_lifetime {
         policy.max_lifetime = max;
@@ -227,7 +239,7 @@ pub async fn register(
         policy.warning_before = config.warning_before.min(idle / 2);
     }
     let now = Timestamp::now();
-    let mut tx = state.store.begin().await?;
+    let mut tx = sessions.store.begin().await?;
     let fresh = new_session(id, &registration.user_id, now, &policy);
     let created = sql::insert(
         &mut tx,
@@ -280,8 +292,8 @@ pub async fn register(
     Ok((session, created))
 }
 
-pub async fn get(state: &AppState, id: &str) -> Result<Session, Error> {
-    let mut conn = state.store.conn().await?;
+pub async fn get(sessions: &Sessions, id: &str) -> Result<Session, Error> {
+    let mut conn = sessions.store.conn().await?;
     sql::find(&mut conn, id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("session {id} not found")))
@@ -289,19 +301,19 @@ pub async fn get(state: &AppState, id: &str) -> Result<Session, Error> {
 
 /// Active sessions, soonest expiry first (`GET /api/v1/sessions`).
 pub async fn list_active(
-    state: &AppState,
+    sessions: &Sessions,
     user_id: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Session>, Error> {
-    let mut conn = state.store.conn().await?;
+    let mut conn = sessions.store.conn().await?;
     Ok(sql::list_active(&mut conn, user_id, limit).await?)
 }
 
 /// Ends a session now (`DELETE /api/v1/sessions/{id}`): its sockets get
 /// `session_expired` with reason `terminated` and are disconnected.
-pub async fn terminate(state: &AppState, caller: &Identity, id: &str) -> Result<Session, Error> {
+pub async fn terminate(sessions: &Sessions, caller: &Identity, id: &str) -> Result<Session, Error> {
     let now = Timestamp::now();
-    let mut tx = state.store.begin().await?;
+    let mut tx = sessions.store.begin().await?;
     let ended = sql::end(&mut tx, id, "terminated", now).await?;
     let session = sql::find(&mut tx, id)
         .await?
@@ -318,13 +330,13 @@ pub async fn terminate(state: &AppState, caller: &Identity, id: &str) -> Result<
     }
     tx.commit().await.map_err(StoreError::from)?;
     if ended {
-        end_sockets(state, id, "terminated", now).await;
+        end_sockets(sessions, id, "terminated", now).await;
     }
     Ok(session)
 }
 
-async fn end_sockets(state: &AppState, session_id: &str, reason: &str, now: Timestamp) {
-    state
+async fn end_sockets(sessions: &Sessions, session_id: &str, reason: &str, now: Timestamp) {
+    sessions
         .hub
         .emit(
             vec![session_room(session_id)],
@@ -332,19 +344,20 @@ async fn end_sockets(state: &AppState, session_id: &str, reason: &str, now: Time
             json!({ "sessionId": session_id, "reason": reason, "timestamp": now }),
         )
         .await;
-    state.hub.disconnect_session(session_id).await;
+    sessions.hub.disconnect_session(session_id).await;
 }
 
 /// One scheduler tick: claim and announce due expiries, then due warnings.
 /// Returns how many of each were handled.
-pub async fn scan(state: &AppState) -> Result<(usize, usize), Error> {
+pub async fn scan(sessions: &Sessions) -> Result<(usize, usize), Error> {
     let now = Timestamp::now();
     // Judge due times late by the coalescing window: activity not yet
     // written is never older than that.
-    let due =
-        Timestamp::from_millis(now.as_millis() - millis(state.config.sessions.activity_coalesce));
+    let due = Timestamp::from_millis(
+        now.as_millis() - millis(sessions.config.sessions.activity_coalesce),
+    );
 
-    let mut tx = state.store.begin().await?;
+    let mut tx = sessions.store.begin().await?;
     let expired = sql::claim_expired(&mut tx, due, now).await?;
     let warned = sql::claim_warnings(&mut tx, due).await?;
     let mut events = Vec::with_capacity(expired.len() + warned.len());
@@ -372,11 +385,11 @@ pub async fn scan(state: &AppState) -> Result<(usize, usize), Error> {
     for session in &expired {
         let reason = session.reason.as_deref().unwrap_or("idle");
         tracing::info!(session = %session.id, reason, "session expired");
-        end_sockets(state, &session.id, reason, now).await;
+        end_sockets(sessions, &session.id, reason, now).await;
     }
     for session in &warned {
         tracing::info!(session = %session.id, "session warned");
-        state
+        sessions
             .hub
             .emit(
                 vec![session_room(&session.id)],
@@ -391,7 +404,7 @@ pub async fn scan(state: &AppState) -> Result<(usize, usize), Error> {
             .await;
     }
     if !expired.is_empty() || !warned.is_empty() {
-        state.hub.console_update("session", None, None).await;
+        sessions.hub.console_update("session", None, None).await;
     }
     Ok((expired.len(), warned.len()))
 }

@@ -8,7 +8,7 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::StoreError;
 use crate::clock::Timestamp;
-use crate::notifications::Severity;
+use crate::severity::Severity;
 
 /// How rows are grouped. Each variant maps to a fixed SQL expression:
 /// nothing from the request is spliced into the query.

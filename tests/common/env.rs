@@ -128,7 +128,7 @@ impl TestEnv {
     /// `at_least`: for what the daemon records just after it answers.
     pub async fn wait_count(&self, sql: &str, arg: &str, at_least: i64) {
         self.wait_until(&format!("{sql} ({arg})"), at_least, || self.count(sql, arg))
-            .await
+            .await;
     }
 
     pub async fn count(&self, sql: &str, arg: &str) -> i64 {
@@ -150,9 +150,10 @@ impl TestEnv {
         self.wait_until(&format!("{sql} {args:?}"), at_least, || {
             self.count_with(&sql, &args)
         })
-        .await
+        .await;
     }
 
+    #[allow(clippy::disallowed_methods)] // assertions read what the daemon stored
     async fn count_with(&self, sql: &str, args: &[&str]) -> i64 {
         use sqlx::Row;
         let mut conn = self.sql().await;

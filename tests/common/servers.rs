@@ -135,8 +135,7 @@ impl SmtpServer {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "timed out waiting for {count} emails; have {:#?}",
-                mails
+                "timed out waiting for {count} emails; have {mails:#?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -1,6 +1,11 @@
 //! Group commit: concurrent raises and delivery records share one
 //! transaction.
 //!
+//! Plain infrastructure: it commits the rows it is given (a notification
+//! with its escalation steps and audit row; delivery rows with theirs) and
+//! decides nothing about them — what a raise writes is assembled by
+//! `notifications::service::raise`.
+//!
 //! Every raise must be committed before its `201`. One transaction (and on
 //! SQLite one fsync, on PostgreSQL one turn at the audit chain's head row)
 //! per raise or per delivery made those the limit; here a single task takes
@@ -12,16 +17,14 @@
 //! transaction, so one bad write cannot fail its neighbours.
 //! Never: answer a write before its transaction has committed.
 
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{NewNotification, Notification, content_digest};
-use crate::audit::{Action, AuditEvent};
-use crate::auth::Identity;
+use super::notifications::Delivery;
+use super::{Store, StoreError, audit};
+use super::{escalation as escalation_sql, notifications as sql};
+use crate::audit::AuditEvent;
 use crate::escalation::PlannedStep;
-use crate::store::notifications::Delivery;
-use crate::store::{Store, StoreError, audit};
-use crate::store::{escalation as escalation_sql, notifications as sql};
+use crate::notifications::{NewNotification, Notification};
 
 /// Most raises in one transaction.
 pub const MAX_BATCH: usize = 64;
@@ -31,7 +34,8 @@ enum Job {
     Raise {
         new: Box<NewNotification>,
         steps: Vec<PlannedStep>,
-        caller: Identity,
+        /// Its `notification.raised` row, appended only if it is inserted.
+        raised: Box<AuditEvent>,
         reply: oneshot::Sender<Result<Option<Notification>, StoreError>>,
     },
     /// Delivery rows, and the audit rows that go with them
@@ -84,18 +88,19 @@ impl Committer {
     }
 
     /// Stores `new` with its escalation plan and its `notification.raised`
-    /// audit row. `None` when its id or idempotency key is already taken.
+    /// audit row, in one transaction. `None` (and nothing written) when its
+    /// id or idempotency key is already taken.
     pub async fn insert(
         &self,
         new: NewNotification,
         steps: Vec<PlannedStep>,
-        caller: &Identity,
+        raised: AuditEvent,
     ) -> Result<Option<Notification>, StoreError> {
         let (reply, answer) = oneshot::channel();
         let job = Job::Raise {
             new: Box::new(new),
             steps,
-            caller: caller.clone(),
+            raised: Box::new(raised),
             reply,
         };
         self.queue.send(job).await.map_err(|_| stopped())?;
@@ -155,26 +160,12 @@ async fn commit(store: &Store, batch: &[Job]) -> Result<Vec<Written>, StoreError
     for job in batch {
         match job {
             Job::Raise {
-                new, steps, caller, ..
+                new, steps, raised, ..
             } => {
                 let inserted = sql::insert(&mut tx, new).await?;
                 if let Some(notification) = &inserted {
                     escalation_sql::insert_steps(&mut tx, &notification.id, steps).await?;
-                    events.push(
-                        AuditEvent::new(Action::NotificationRaised, notification.created_at)
-                            .by(caller)
-                            .about(notification)
-                            .detail(json!({
-                                "severity": notification.severity,
-                                "recipient": notification.recipient,
-                                "ackDeadline": notification.ack_deadline,
-                                "idempotencyKey": new.idempotency_key,
-                                "escalationLevels": steps.len(),
-                                // Binds the finding's title, message and
-                                // identifiers into the hash chain.
-                                "contentDigest": content_digest(notification),
-                            })),
-                    );
+                    events.push((**raised).clone());
                 }
                 results.push(Written::Raise(inserted.map(Box::new)));
             }

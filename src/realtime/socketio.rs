@@ -1,0 +1,207 @@
+//! socketioxide behind the [`Hub`]: every adapter (in-process, Redis,
+//! PostgreSQL) implements [`HubOps`] the same way.
+//!
+//! Owns: turning hub calls into socketioxide operations, falling back to
+//! this daemon's sockets when the cluster link is down, and disconnecting a
+//! socket whose send buffer is full instead of skipping it.
+//! Never: decide what is sent or to whom.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use socketioxide::adapter::Adapter;
+use socketioxide::socket::RemoteActionError;
+use socketioxide::{SendError, SocketError, SocketIo};
+
+use super::Connection;
+use super::hub::{Delivered, Hub, HubOps, SEND_BUFFER_FULL, Sent, SocketInfo};
+
+impl Hub {
+    pub fn new<A: Adapter>(io: SocketIo<A>) -> Self {
+        Self::from_ops(Arc::new(io))
+    }
+}
+
+/// Reads user, roles and session from a socket's rooms: the only thing a
+/// remote node knows about a socket.
+fn info_from_rooms(socket_id: String, rooms: &[impl AsRef<str>]) -> SocketInfo {
+    let mut info = SocketInfo {
+        socket_id,
+        user_id: None,
+        roles: Vec::new(),
+        session_id: None,
+        connected_at: None,
+    };
+    for room in rooms {
+        let room = room.as_ref();
+        if let Some(user) = room.strip_prefix("user:") {
+            info.user_id = Some(user.to_string());
+        } else if let Some(role) = room.strip_prefix("role:") {
+            info.roles.push(role.to_string());
+        } else if let Some(session) = room.strip_prefix("session:") {
+            info.session_id = Some(session.to_string());
+        }
+    }
+    info.roles.sort();
+    info
+}
+
+impl<A: Adapter> HubOps for SocketIo<A> {
+    fn emit<'a>(&'a self, rooms: Vec<String>, event: &'a str, payload: Value) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.to(rooms.clone()).emit(event, &payload).await {
+                // The cluster link is down: this daemon's sockets still get it.
+                tracing::warn!(event, error = %e, "cluster emit failed; emitting locally");
+                let _ = self.local().to(rooms).emit(event, &payload).await;
+            }
+        })
+    }
+
+    fn emit_all<'a>(&'a self, event: &'a str, payload: Value) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.emit(event, &payload).await {
+                tracing::warn!(event, error = %e, "cluster broadcast failed; emitting locally");
+                let _ = self.local().emit(event, &payload).await;
+            }
+        })
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        rooms: Vec<String>,
+        event: &'static str,
+        payload: Value,
+        skip: &'a [String],
+    ) -> BoxFuture<'a, Delivered> {
+        Box::pin(async move {
+            let mut delivered = Delivered::default();
+            let sockets = match self.to(rooms.clone()).fetch_sockets().await {
+                Ok(sockets) => sockets,
+                Err(e) => {
+                    // The cluster link is down: deliver to this daemon's
+                    // sockets; the others get it by replay on reconnect.
+                    tracing::warn!(event, error = %e, "could not list cluster sockets; delivering locally");
+                    for socket in self.local().to(rooms).sockets() {
+                        let info = info_from_rooms(socket.id.to_string(), &socket.rooms());
+                        if skip.contains(&info.socket_id) {
+                            continue;
+                        }
+                        let sent = Sent {
+                            socket_id: info.socket_id,
+                            user_id: info.user_id.unwrap_or_default(),
+                            session_id: info.session_id,
+                        };
+                        match socket.emit(event, &payload) {
+                            Ok(()) => delivered.reached.push(sent),
+                            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                                tracing::warn!(event, socket = %sent.socket_id, "send buffer full; disconnecting the socket");
+                                let _ = socket.disconnect();
+                                delivered.missed.push((sent, SEND_BUFFER_FULL));
+                            }
+                            Err(e) => {
+                                tracing::debug!(event, socket = %sent.socket_id, error = %e, "socket gone before the emit");
+                            }
+                        }
+                    }
+                    return delivered;
+                }
+            };
+            for socket in sockets {
+                let rooms = socket.rooms().await.unwrap_or_default();
+                let info = info_from_rooms(socket.data().id.to_string(), &rooms);
+                if skip.contains(&info.socket_id) {
+                    continue;
+                }
+                let sent = Sent {
+                    socket_id: info.socket_id,
+                    user_id: info.user_id.unwrap_or_default(),
+                    session_id: info.session_id,
+                };
+                match socket.emit(event, &payload).await {
+                    Ok(()) => delivered.reached.push(sent),
+                    Err(RemoteActionError::Socket(SocketError::InternalChannelFull)) => {
+                        tracing::warn!(event, socket = %sent.socket_id, "send buffer full; disconnecting the socket");
+                        if let Err(e) = socket.disconnect().await {
+                            tracing::warn!(socket = %sent.socket_id, error = %e, "could not disconnect a full socket");
+                        }
+                        delivered.missed.push((sent, SEND_BUFFER_FULL));
+                    }
+                    Err(RemoteActionError::Socket(e)) => {
+                        tracing::debug!(event, socket = %sent.socket_id, error = %e, "socket gone before the emit");
+                    }
+                    Err(e) => {
+                        tracing::warn!(event, socket = %sent.socket_id, error = %e, "emit failed");
+                        delivered.missed.push((sent, "emit_failed"));
+                    }
+                }
+            }
+            delivered
+        })
+    }
+
+    fn sockets(&self, room: Option<String>) -> BoxFuture<'_, Vec<SocketInfo>> {
+        Box::pin(async move {
+            let fetched = match &room {
+                Some(room) => self.to(room.clone()).fetch_sockets().await,
+                None => self.fetch_sockets().await,
+            };
+            let sockets = match fetched {
+                Ok(sockets) => sockets,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not list cluster sockets; listing local ones");
+                    let local = match room {
+                        Some(room) => self.local().to(room).sockets(),
+                        None => self.local().sockets(),
+                    };
+                    return local
+                        .into_iter()
+                        .map(|socket| {
+                            let mut info = info_from_rooms(socket.id.to_string(), &socket.rooms());
+                            info.connected_at = socket
+                                .extensions
+                                .get::<Arc<Connection>>()
+                                .map(|c| c.connected_at);
+                            info
+                        })
+                        .collect();
+                }
+            };
+            let mut infos = Vec::with_capacity(sockets.len());
+            for socket in sockets {
+                let sid = socket.data().id;
+                let rooms = socket.rooms().await.unwrap_or_default();
+                let mut info = info_from_rooms(sid.to_string(), &rooms);
+                info.connected_at = self
+                    .get_socket(sid)
+                    .and_then(|local| local.extensions.get::<Arc<Connection>>())
+                    .map(|connection| connection.connected_at);
+                infos.push(info);
+            }
+            infos
+        })
+    }
+
+    fn disconnect(&self, room: String) -> BoxFuture<'_, usize> {
+        Box::pin(async move {
+            let count = self
+                .to(room.clone())
+                .fetch_sockets()
+                .await
+                .map_or(0, |s| s.len());
+            if let Err(e) = self.to(room.clone()).disconnect().await {
+                tracing::warn!(error = %e, "cluster disconnect failed; disconnecting locally");
+                let _ = self.local().to(room).disconnect().await;
+            }
+            count
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(SocketIo::close(self))
+    }
+
+    fn local_count(&self) -> usize {
+        self.local().sockets().len()
+    }
+}

@@ -1,0 +1,31 @@
+//! The state the edges share: what an HTTP or Socket.IO handler may reach.
+//!
+//! Owns: [`AppState`], built once by the composition root (`app.rs`) and
+//! cloned into every handler.
+//! Never: be reached from a service or the store — they take the narrow
+//! things they use (a store, a hub, a config section), not all of this.
+
+use std::sync::Arc;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::escalation::service::Escalations;
+use crate::metrics::Metrics;
+use crate::notifications::service::Notifications;
+use crate::realtime::hub::Hub;
+use crate::sessions::service::Sessions;
+use crate::store::Store;
+
+/// Everything a handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub verifier: Arc<Verifier>,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    /// The services, each holding only what it uses.
+    pub notifications: Notifications,
+    pub sessions: Sessions,
+    pub escalations: Escalations,
+}
