@@ -40,7 +40,7 @@ import sys
 LAYERS = {
     "config.rs": 0, "auth.rs": 0, "clock.rs": 0, "validation.rs": 0,
     "severity.rs": 0, "metrics.rs": 0, "telemetry.rs": 0,
-    "realtime/rooms.rs": 0,
+    "realtime/rooms.rs": 0, "realtime/events.rs": 0,
     "realtime/hub.rs": 1,
     "notifications/mod.rs": 1, "sessions/mod.rs": 1, "escalation/mod.rs": 1,
     "audit/mod.rs": 1, "audit/checkpoint.rs": 1,
@@ -54,7 +54,7 @@ LAYERS = {
 }
 NAMES = ["leaf", "domain", "store", "service", "edge", "root"]
 # The primitives: they may use each other and nothing else of readback's.
-ISOLATED = {"config.rs", "clock.rs", "validation.rs", "severity.rs",
+ISOLATED = {"config.rs", "clock.rs", "validation.rs", "severity.rs", "realtime/events.rs",
             "metrics.rs", "realtime/rooms.rs"}
 
 

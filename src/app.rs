@@ -64,6 +64,8 @@ pub struct Application {
     tasks: TaskTracker,
     /// The services' view of the drain.
     shutdown: CancellationToken,
+    /// Stops the group commit once serving has ended.
+    stop_writes: CancellationToken,
     /// The certificate served, when `server.tls` is set; SIGHUP reloads it.
     tls: Option<RustlsConfig>,
 }
@@ -102,8 +104,13 @@ impl Application {
             // Viewer traffic is small JSON; a 4 KiB read buffer per socket
             // was 3 KB of the per-socket memory (docs/benchmarks.md).
             .ws_read_buffer_size(1024);
-        let writes = crate::store::group_commit::Committer::start(store.clone());
         let tasks = TaskTracker::new();
+        let stop_writes = CancellationToken::new();
+        let writes = crate::store::group_commit::Committer::start(
+            store.clone(),
+            &tasks,
+            stop_writes.clone(),
+        );
         let shutdown = CancellationToken::new();
         let state_for = |hub: Hub| {
             let escalations = Escalations {
@@ -198,8 +205,15 @@ impl Application {
             scheduler_heartbeat,
             tasks,
             shutdown,
+            stop_writes,
             tls,
         })
+    }
+
+    /// The tracker every task of the daemon runs on (signal handlers
+    /// included): `run_until_stopped` waits for it before closing the pool.
+    pub fn tasks(&self) -> TaskTracker {
+        self.tasks.clone()
     }
 
     /// The certificate in use, for SIGHUP to reload.
@@ -232,6 +246,7 @@ impl Application {
         });
         let tick = state.config.scheduler.tick;
         let scheduler = crate::scheduler::spawn(
+            &tasks,
             crate::scheduler::Scheduler {
                 sessions: state.sessions.clone(),
                 escalations: state.escalations.clone(),
@@ -241,6 +256,7 @@ impl Application {
             shutdown.clone(),
         );
         let sender = crate::escalation::mailer::spawn(
+            &tasks,
             Outbox {
                 config: state.config.clone(),
                 store: state.store.clone(),
@@ -250,6 +266,7 @@ impl Application {
             shutdown.clone(),
         );
         let supervisor = crate::supervisor::spawn(
+            &tasks,
             state.hub.clone(),
             self.scheduler_heartbeat,
             tick,
@@ -260,7 +277,7 @@ impl Application {
         let drain = {
             let (state, handle) = (state.clone(), handle.clone());
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 shutdown.cancelled().await;
                 drain(&state, &handle).await;
             })
@@ -287,6 +304,9 @@ impl Application {
         let _ = scheduler.await;
         let _ = sender.await;
         let _ = supervisor.await;
+        // Nothing can offer a write any more: the group commit commits what
+        // is queued and ends.
+        self.stop_writes.cancel();
         tasks.close();
         if tokio::time::timeout(state.config.server.shutdown_timeout, tasks.wait())
             .await
@@ -327,7 +347,7 @@ async fn drain(state: &AppState, handle: &axum_server::Handle<SocketAddr>) {
     state
         .hub
         .emit_all(
-            "system_alert",
+            crate::realtime::events::SYSTEM_ALERT,
             serde_json::json!({
                 "message": "readbackd is shutting down; reconnect to continue",
                 "level": "info",

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::clock::Timestamp;
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, JwtAlgorithm};
 
 /// Longest user, session or role identifier accepted from a token.
 const MAX_ID_LEN: usize = 256;
@@ -141,13 +141,13 @@ fn decoding_key(config: &AuthConfig) -> Result<(Algorithm, DecodingKey), String>
             path.display()
         )
     })?;
-    let wanted = config.jwt_algorithm.as_deref();
-    if wanted != Some("ES256")
+    let wanted = config.jwt_algorithm;
+    if wanted != Some(JwtAlgorithm::ES256)
         && let Ok(key) = DecodingKey::from_rsa_pem(&pem)
     {
         return Ok((Algorithm::RS256, key));
     }
-    if wanted != Some("RS256")
+    if wanted != Some(JwtAlgorithm::RS256)
         && let Ok(key) = DecodingKey::from_ec_pem(&pem)
     {
         return Ok((Algorithm::ES256, key));

@@ -410,8 +410,10 @@ async fn serve(
     let shutdown = CancellationToken::new();
     // Both handlers are in place before READY=1: `systemctl reload` or
     // `stop` right after start meets readback's handling, not the default.
-    readback::shutdown::cancel_on_signal(shutdown.clone()).map_err(fail)?;
+    let tasks = app.tasks();
+    readback::shutdown::cancel_on_signal(&tasks, shutdown.clone()).map_err(fail)?;
     readback::shutdown::reload_on_sighup(
+        &tasks,
         readback::shutdown::Reload {
             config_path,
             log_level: logging.level.clone(),

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::escalation::service::{self as escalation, Escalations};
 use crate::sessions::service::{self as sessions, Sessions};
@@ -29,8 +30,13 @@ pub struct Scheduler {
     pub heartbeat: Arc<AtomicI64>,
 }
 
-pub fn spawn(scheduler: Scheduler, tick: Duration, shutdown: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
+pub fn spawn(
+    tasks: &TaskTracker,
+    scheduler: Scheduler,
+    tick: Duration,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tasks.spawn(async move {
         let mut tick = tokio::time::interval(tick);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {

@@ -15,15 +15,19 @@ use std::path::PathBuf;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::telemetry::LogLevel;
 
 /// Cancels `token` on the first SIGTERM or SIGINT.
-pub fn cancel_on_signal(token: CancellationToken) -> std::io::Result<JoinHandle<()>> {
+pub fn cancel_on_signal(
+    tasks: &TaskTracker,
+    token: CancellationToken,
+) -> std::io::Result<JoinHandle<()>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(tokio::spawn(async move {
+    Ok(tasks.spawn(async move {
         tokio::select! {
             _ = term.recv() => {},
             _ = interrupt.recv() => {},
@@ -46,11 +50,12 @@ pub struct Reload {
 
 /// Reloads on every SIGHUP until `shutdown`.
 pub fn reload_on_sighup(
+    tasks: &TaskTracker,
     reload: Reload,
     shutdown: CancellationToken,
 ) -> std::io::Result<JoinHandle<()>> {
     let mut hangup = signal(SignalKind::hangup())?;
-    Ok(tokio::spawn(async move {
+    Ok(tasks.spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

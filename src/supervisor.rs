@@ -14,6 +14,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::clock::Timestamp;
 use crate::realtime::hub::Hub;
@@ -21,12 +22,13 @@ use crate::realtime::hub::Hub;
 /// `heartbeat` is the scheduler's (see `scheduler`), `tick` its interval;
 /// `hub` counts the sockets for the status line.
 pub fn spawn(
+    tasks: &TaskTracker,
     hub: Hub,
     heartbeat: Arc<AtomicI64>,
     tick: Duration,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         if std::env::var_os("NOTIFY_SOCKET").is_none() {
             return;
         }

@@ -13,7 +13,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
-use crate::config::LoggingConfig;
+use crate::config::{LogFormat, LogRotation, LoggingConfig};
 
 /// The installed logging: keep it alive until exit (it flushes the file
 /// writer when dropped).
@@ -47,11 +47,11 @@ pub fn init(config: &LoggingConfig) -> Result<Logging, String> {
     let (filter, handle) = reload::Layer::new(filter);
     let (file, guard) = match &config.dir {
         Some(dir) => {
-            let rotation = match config.rotation.as_str() {
-                "hourly" => Rotation::HOURLY,
-                "minutely" => Rotation::MINUTELY,
-                "never" => Rotation::NEVER,
-                _ => Rotation::DAILY,
+            let rotation = match config.rotation {
+                LogRotation::Daily => Rotation::DAILY,
+                LogRotation::Hourly => Rotation::HOURLY,
+                LogRotation::Minutely => Rotation::MINUTELY,
+                LogRotation::Never => Rotation::NEVER,
             };
             let appender = RollingFileAppender::builder()
                 .rotation(rotation)
@@ -65,7 +65,7 @@ pub fn init(config: &LoggingConfig) -> Result<Logging, String> {
         }
         None => (None, None),
     };
-    let json = config.format == "json";
+    let json = config.format == LogFormat::Json;
     // stdout carries only the ready line; logs go to stderr (and files).
     let output: Box<dyn Layer<Filtered> + Send + Sync> = match (file, json) {
         (Some(file), true) => tracing_subscriber::fmt::layer()

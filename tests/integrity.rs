@@ -191,7 +191,14 @@ impl RawSocket {
     }
 
     async fn send(&mut self, text: String) {
-        self.ws.send(Message::text(text)).await.expect("ws send");
+        self.try_send(text).await.expect("ws send");
+    }
+
+    async fn try_send(
+        &mut self,
+        text: String,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(Message::text(text)).await
     }
 
     /// The next text frame, answering Engine.IO pings; `None` once closed.
@@ -233,8 +240,12 @@ async fn a_handshake_dropped_midway_leaves_nothing_behind(db: Db) {
         let token = directory_token(&format!("dropper-{round}"), &format!("s-drop-{round}"));
         raw.send(format!("40{}", json!({ "token": token }))).await;
         // Events before the CONNECT answer, then gone without a goodbye.
+        // The daemon may hang up first (events for a namespace the socket
+        // has not joined yet break the protocol): that is fine too.
         for i in 0..20 {
-            raw.send(format!("4{i}2[\"activity\"]")).await;
+            if raw.try_send(format!("4{i}2[\"activity\"]")).await.is_err() {
+                break;
+            }
         }
         drop(raw);
     }

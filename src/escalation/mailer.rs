@@ -23,6 +23,7 @@ use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, To
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::retry_delay;
 use crate::audit::{Action, AuditEvent};
@@ -161,11 +162,12 @@ impl Mailer {
 /// Runs the sender until `shutdown`: every scheduler tick, or at once when
 /// the escalation pass queued something.
 pub fn spawn(
+    tasks: &TaskTracker,
     outbox: Outbox,
     mailer: Option<Mailer>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let Some(mut mailer) = mailer else {
             tracing::info!("smtp.url is not set: escalation emails wait in the outbox");
             return;

@@ -14,6 +14,7 @@ use super::extract::{
 };
 use crate::audit::{Action, AuditEvent};
 use crate::clock::Timestamp;
+use crate::realtime::events;
 use crate::realtime::hub::SocketInfo;
 use crate::realtime::rooms::{role_room, user_room};
 use crate::state::AppState;
@@ -59,12 +60,15 @@ pub async fn broadcast(
         Some(role) => {
             let room = role_room(role);
             let count = state.hub.sockets(Some(room.clone())).await.len();
-            state.hub.emit(vec![room], "system_alert", payload).await;
+            state
+                .hub
+                .emit(vec![room], events::SYSTEM_ALERT, payload)
+                .await;
             count
         }
         None => {
             let count = state.hub.sockets(None).await.len();
-            state.hub.emit_all("system_alert", payload).await;
+            state.hub.emit_all(events::SYSTEM_ALERT, payload).await;
             count
         }
     };
@@ -211,7 +215,7 @@ pub async fn disconnect_user(
             .hub
             .emit(
                 vec![room.clone()],
-                "system_alert",
+                events::SYSTEM_ALERT,
                 json!({ "message": reason, "level": "warning", "timestamp": now, "reason": "disconnected_by_admin" }),
             )
             .await;

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::escalation::service::Escalations;
 use crate::metrics::Metrics;
+use crate::realtime::events;
 use crate::realtime::hub::Hub;
 use crate::store::Store;
 use crate::store::escalation::{self as escalation_sql, EmailStatus, FiredStep};
@@ -208,7 +209,7 @@ async fn deliver(
         .hub
         .deliver(
             vec![notification.recipient.room()],
-            "critical_notification",
+            events::CRITICAL_NOTIFICATION,
             payload,
             skip,
         )
@@ -417,14 +418,14 @@ pub async fn acknowledge(
         };
         notifications
             .hub
-            .emit(
+            .send(
                 vec![notification.recipient.room()],
-                "notification_acknowledged",
-                json!({
-                    "notificationId": answer.notification_id,
-                    "acknowledgedAt": answer.acknowledged_at,
-                    "acknowledgedBy": answer.acknowledged_by,
-                }),
+                events::NOTIFICATION_ACKNOWLEDGED,
+                &events::NotificationAcknowledged {
+                    notification_id: &answer.notification_id,
+                    acknowledged_at: answer.acknowledged_at,
+                    acknowledged_by: &answer.acknowledged_by,
+                },
             )
             .await;
         notifications
@@ -496,10 +497,14 @@ pub async fn cancel(
     notifications.metrics.cancelled.inc();
     notifications
         .hub
-        .emit(
+        .send(
             vec![cancelled.recipient.room()],
-            "notification_cancelled",
-            json!({ "notificationId": id, "cancelledAt": now, "reason": reason }),
+            events::NOTIFICATION_CANCELLED,
+            &events::NotificationCancelled {
+                notification_id: id,
+                cancelled_at: now,
+                reason,
+            },
         )
         .await;
     notifications

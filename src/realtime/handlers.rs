@@ -11,7 +11,7 @@ use socketioxide::socket::{DisconnectReason, Socket};
 use socketioxide::{SendError, SocketError, SocketIo};
 use socketioxide_core::adapter::DefinedAdapter;
 
-use super::{Connection, Sent, topics};
+use super::{Connection, Sent, events, topics};
 use crate::audit::{Action, AuditEvent};
 use crate::auth::{Identity, TokenError};
 use crate::clock::Timestamp;
@@ -190,15 +190,19 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
                 .map(|ended| ended.0.clone())
                 .unwrap_or_default();
             let _ = socket.emit(
-                "session_expired",
-                &json!({ "sessionId": connection.identity.session_id, "reason": reason, "timestamp": Timestamp::now() }),
+                events::SESSION_EXPIRED,
+                &events::SessionExpired {
+                    session_id: connection.identity.session_id.as_deref(),
+                    reason: &reason,
+                    timestamp: Timestamp::now(),
+                },
             );
             let _ = socket.disconnect();
             return;
         }
         Some(Admission::ForeignSession) | None => {
             let _ = socket.emit(
-                "error",
+                events::ERROR,
                 &json!({ "code": "forbidden", "message": "the token's session belongs to another user", "event": "connect" }),
             );
             let _ = socket.disconnect();
@@ -211,14 +215,14 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
         announce_presence(&socket, &state, identity, true).await;
     }
     let _ = socket.emit(
-        "connected",
-        &json!({
-            "socketId": socket.id.to_string(),
-            "userId": identity.user_id,
-            "sessionId": identity.session_id,
-            "roles": identity.roles,
-            "timestamp": Timestamp::now(),
-        }),
+        events::CONNECTED,
+        &events::Connected {
+            socket_id: socket.id.to_string(),
+            user_id: &identity.user_id,
+            session_id: identity.session_id.as_deref(),
+            roles: &identity.roles,
+            timestamp: Timestamp::now(),
+        },
     );
     replay(&socket, &state, identity).await;
 }
@@ -249,7 +253,7 @@ async fn replace_older_connections<A: Adapter>(
         .hub
         .emit(
             vec![room.clone()],
-            "system_alert",
+            events::SYSTEM_ALERT,
             json!({
                 "message": "You signed in on another connection; this one is closed.",
                 "level": "warning",
@@ -293,16 +297,20 @@ async fn announce_presence<A: Adapter>(
         return;
     }
     let (event, kind) = if online {
-        ("user_online", "connected")
+        (events::USER_ONLINE, "connected")
     } else {
-        ("user_offline", "disconnected")
+        (events::USER_OFFLINE, "disconnected")
     };
     state
         .hub
-        .emit(
+        .send(
             vec![role_room(crate::auth::roles::ADMIN)],
             event,
-            json!({ "userId": identity.user_id, "roles": identity.roles, "timestamp": Timestamp::now() }),
+            &events::Presence {
+                user_id: &identity.user_id,
+                roles: &identity.roles,
+                timestamp: Timestamp::now(),
+            },
         )
         .await;
     state
@@ -346,7 +354,13 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
     let mut reached = Vec::with_capacity(pending.len());
     let mut missed = Vec::new();
     for notification in &pending {
-        match emit_waiting(socket, "critical_notification", &notification.to_wire(true)).await {
+        match emit_waiting(
+            socket,
+            events::CRITICAL_NOTIFICATION,
+            &notification.to_wire(true),
+        )
+        .await
+        {
             Queued::Yes => reached.push((notification, sent.clone())),
             // Disconnected meanwhile: the rest is replayed on the next connect.
             Queued::Gone => break,
@@ -442,42 +456,45 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
     on_request(
         socket,
         state,
-        "acknowledge_notification",
+        events::ACKNOWLEDGE_NOTIFICATION,
         true,
         |socket, state, data| async move { acknowledge(&socket, &state, data).await },
     );
     on_request(
         socket,
         state,
-        "extend_session",
+        events::EXTEND_SESSION,
         false,
         |socket, state, data| async move { extend_session(&socket, &state, data).await },
     );
     on_request(
         socket,
         state,
-        "subscribe",
+        events::SUBSCRIBE,
         true,
         |socket, state, data| async move { subscribe(&socket, &state, data) },
     );
     on_request(
         socket,
         state,
-        "unsubscribe",
+        events::UNSUBSCRIBE,
         true,
         |socket, _state, data| async move { unsubscribe(&socket, data) },
     );
     let activity_state = state.clone();
-    socket.on("activity", move |socket: SocketRef<A>, reply: Reply<A>| {
-        let state = activity_state.clone();
-        async move {
-            let expires_at = touch(&socket, &state).await;
-            reply.answer(
-                "activity",
-                Ok(json!({ "ok": true, "expiresAt": expires_at })),
-            );
-        }
-    });
+    socket.on(
+        events::ACTIVITY,
+        move |socket: SocketRef<A>, reply: Reply<A>| {
+            let state = activity_state.clone();
+            async move {
+                let expires_at = touch(&socket, &state).await;
+                reply.answer(
+                    events::ACTIVITY,
+                    Ok(json!({ "ok": true, "expiresAt": expires_at })),
+                );
+            }
+        },
+    );
     let fallback_state = state.clone();
     socket.on_fallback(
         move |socket: SocketRef<A>, Event(event): Event, reply: Reply<A>| {
@@ -645,7 +662,7 @@ impl<A: Adapter> Reply<A> {
                         .send(&json!({ "ok": false, "code": code, "message": message }))
                 } else {
                     self.socket.emit(
-                        "error",
+                        events::ERROR,
                         &json!({ "code": code, "message": message, "event": event }),
                     )
                 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
+use super::events::{CONSOLE_UPDATE, ConsoleUpdate};
 use super::rooms::{CONSOLE_TOPIC, session_room, topic_room};
 use crate::clock::Timestamp;
 
@@ -100,15 +101,27 @@ impl Hub {
         notification_id: Option<&str>,
         user_id: Option<&str>,
     ) {
-        let payload = serde_json::json!({
-            "kind": kind,
-            "notificationId": notification_id,
-            "userId": user_id,
-            "timestamp": Timestamp::now(),
-        });
-        self.0
-            .emit(vec![topic_room(CONSOLE_TOPIC)], "console_update", payload)
+        let update = ConsoleUpdate {
+            kind,
+            notification_id,
+            user_id,
+            timestamp: Timestamp::now(),
+        };
+        self.send(vec![topic_room(CONSOLE_TOPIC)], CONSOLE_UPDATE, &update)
             .await;
+    }
+}
+
+impl Hub {
+    /// Emits a typed payload (serialized once for every socket).
+    pub async fn send<T: serde::Serialize>(
+        &self,
+        rooms: Vec<String>,
+        event: &'static str,
+        payload: &T,
+    ) {
+        let payload = serde_json::to_value(payload).expect("payloads serialize");
+        self.0.emit(rooms, event, payload).await;
     }
 }
 

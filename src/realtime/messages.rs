@@ -18,26 +18,9 @@ use crate::validation::{
     FieldError, MAX_EVENT_NAME_LEN, check_text, deserialize_json, event_name_char,
 };
 
-/// Event names readback itself sends or receives (PROTOCOL §2, the
-/// Socket.IO client's own, and readback's extensions): never a message.
-pub const RESERVED_EVENTS: &[&str] = &[
-    "connected",
-    "critical_notification",
-    "notification_acknowledged",
-    "notification_cancelled",
-    "session_timeout_warning",
-    "session_expired",
-    "session_extended",
-    "system_alert",
-    "error",
-    "activity",
-    "acknowledge_notification",
-    "extend_session",
-    "subscribe",
-    "unsubscribe",
-    "user_online",
-    "user_offline",
-    "console_update",
+/// Event names of the Socket.IO client itself: never a message (nor are
+/// readback's own, `events::ALL`).
+pub const SOCKET_IO_EVENTS: &[&str] = &[
     "connect",
     "connect_error",
     "disconnect",
@@ -195,7 +178,7 @@ fn check_event(event: &str, allowed: &[String]) -> Result<(), FieldError> {
             "must be 1 to 64 letters, digits or _ . : -",
         ));
     }
-    if RESERVED_EVENTS.contains(&event) {
+    if super::events::ALL.contains(&event) || SOCKET_IO_EVENTS.contains(&event) {
         return Err(FieldError::new(
             "event",
             format!("`{event}` is reserved by readback and cannot be sent as a message"),

@@ -11,6 +11,7 @@
 //! anything itself — it calls the domain functions for that.
 
 pub mod cluster;
+pub mod events;
 mod handlers;
 pub mod hub;
 pub mod messages;

@@ -14,6 +14,7 @@ use crate::realtime::rooms::session_room;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::realtime::events;
 use crate::realtime::hub::Hub;
 use crate::store::Store;
 use crate::store::sessions as sql;
@@ -205,10 +206,14 @@ pub async fn extend(
     tx.commit().await.map_err(StoreError::from)?;
     sessions
         .hub
-        .emit(
+        .send(
             vec![session_room(session_id)],
-            "session_extended",
-            json!({ "sessionId": session_id, "extendedAt": now, "expiresAt": expires }),
+            events::SESSION_EXTENDED,
+            &events::SessionExtended {
+                session_id,
+                extended_at: now,
+                expires_at: expires,
+            },
         )
         .await;
     Ok(expires)
@@ -338,10 +343,14 @@ pub async fn terminate(sessions: &Sessions, caller: &Identity, id: &str) -> Resu
 async fn end_sockets(sessions: &Sessions, session_id: &str, reason: &str, now: Timestamp) {
     sessions
         .hub
-        .emit(
+        .send(
             vec![session_room(session_id)],
-            "session_expired",
-            json!({ "sessionId": session_id, "reason": reason, "timestamp": now }),
+            events::SESSION_EXPIRED,
+            &events::SessionExpired {
+                session_id: Some(session_id),
+                reason,
+                timestamp: now,
+            },
         )
         .await;
     sessions.hub.disconnect_session(session_id).await;
@@ -391,15 +400,15 @@ pub async fn scan(sessions: &Sessions) -> Result<(usize, usize), Error> {
         tracing::info!(session = %session.id, "session warned");
         sessions
             .hub
-            .emit(
+            .send(
                 vec![session_room(&session.id)],
-                "session_timeout_warning",
-                json!({
-                    "sessionId": session.id,
-                    "timeRemaining": session.expires_at.millis_since(now).max(0),
-                    "expiresAt": session.expires_at,
-                    "timestamp": now,
-                }),
+                events::SESSION_TIMEOUT_WARNING,
+                &events::SessionTimeoutWarning {
+                    session_id: &session.id,
+                    time_remaining: session.expires_at.millis_since(now).max(0),
+                    expires_at: session.expires_at,
+                    timestamp: now,
+                },
             )
             .await;
     }

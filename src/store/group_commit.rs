@@ -18,6 +18,8 @@
 //! Never: answer a write before its transaction has committed.
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::notifications::Delivery;
 use super::{Store, StoreError, audit};
@@ -80,10 +82,12 @@ fn stopped() -> StoreError {
 }
 
 impl Committer {
-    /// Starts the committing task on the current runtime.
-    pub fn start(store: Store) -> Self {
+    /// Starts the committing task on `tasks`. It runs until `stop`, then
+    /// commits what is still queued and ends; writes offered after that
+    /// fail as unavailable.
+    pub fn start(store: Store, tasks: &TaskTracker, stop: CancellationToken) -> Self {
         let (queue, jobs) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(store, jobs));
+        tasks.spawn(run(store, jobs, stop));
         Self { queue }
     }
 
@@ -124,9 +128,21 @@ impl Committer {
     }
 }
 
-async fn run(store: Store, mut jobs: mpsc::Receiver<Job>) {
+async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, stop: CancellationToken) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        let received = tokio::select! {
+            // Queued writes first: stopping never drops one.
+            biased;
+            received = jobs.recv_many(&mut batch, MAX_BATCH) => received,
+            () = stop.cancelled() => {
+                jobs.close();
+                jobs.recv_many(&mut batch, MAX_BATCH).await
+            }
+        };
+        if received == 0 {
+            break;
+        }
         match commit(&store, &batch).await {
             Ok(results) => {
                 for (job, written) in batch.drain(..).zip(results) {
