@@ -99,8 +99,15 @@ impl Application {
             crate::clock::Timestamp::now().as_millis(),
         ));
         let mailer = Mailer::from_config(&config.smtp).map_err(StartError::Smtp)?;
+        let max_message = config.server.max_socket_message_bytes;
         let sockets = SocketIo::builder()
-            .max_payload(config.server.max_socket_message_bytes)
+            // One limit on every transport: a long-polling body and a
+            // WebSocket message or frame (whose own defaults are 64 MiB
+            // and 16 MiB).
+            .max_payload(max_message)
+            .ws_max_message_size(usize::try_from(max_message).unwrap_or(usize::MAX))
+            .ws_max_frame_size(usize::try_from(max_message).unwrap_or(usize::MAX))
+            .connect_timeout(config.server.connect_timeout)
             // Viewer traffic is small JSON; a 4 KiB read buffer per socket
             // was 3 KB of the per-socket memory (docs/benchmarks.md).
             .ws_read_buffer_size(1024);
@@ -141,6 +148,7 @@ impl Application {
                     hub,
                 },
                 escalations,
+                tasks: tasks.clone(),
             }
         };
         let (router, state) = match (store.backend(), &config.cluster.redis_url) {

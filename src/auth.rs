@@ -82,6 +82,7 @@ impl TokenError {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    max_lifetime: Option<Duration>,
 }
 
 impl Verifier {
@@ -92,7 +93,17 @@ impl Verifier {
         // is refused before its signature is looked at.
         let mut validation = Validation::new(algorithm);
         validation.algorithms = vec![algorithm];
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience is required, not merely checked
+        // when present: a token from elsewhere that simply leaves the claim
+        // out must not pass.
+        let mut required = vec!["exp"];
+        if config.issuer.is_some() {
+            required.push("iss");
+        }
+        if config.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.leeway = config.leeway.as_secs();
@@ -103,11 +114,20 @@ impl Verifier {
         if let Some(issuer) = &config.issuer {
             validation.set_issuer(&[issuer]);
         }
-        Ok(Self { key, validation })
+        Ok(Self {
+            key,
+            validation,
+            max_lifetime: config.max_token_lifetime,
+        })
     }
 
     /// Verifies `token` and reads the identity claims from it.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        self.verify_until(token).map(|(identity, _)| identity)
+    }
+
+    /// [`Self::verify`], and when the token expires (its `exp`).
+    pub fn verify_until(&self, token: &str) -> Result<(Identity, Timestamp), TokenError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(TokenError::Missing);
@@ -120,7 +140,21 @@ impl Verifier {
             ErrorKind::ExpiredSignature => TokenError::Expired,
             other => TokenError::Invalid(format!("{other:?}")),
         })?;
-        identity_from_claims(&data.claims).map_err(TokenError::Invalid)
+        let exp = data.claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        if let Some(max) = self.max_lifetime {
+            let iat = data
+                .claims
+                .get("iat")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| TokenError::Invalid("no iat claim".into()))?;
+            if exp.saturating_sub(iat) > i64::try_from(max.as_secs()).unwrap_or(i64::MAX) {
+                return Err(TokenError::Invalid(
+                    "lifetime over auth.max_token_lifetime".into(),
+                ));
+            }
+        }
+        let identity = identity_from_claims(&data.claims).map_err(TokenError::Invalid)?;
+        Ok((identity, Timestamp::from_millis(exp.saturating_mul(1000))))
     }
 }
 
@@ -298,12 +332,15 @@ mod tests {
     fn config() -> AuthConfig {
         AuthConfig {
             jwt_secret: Some(SecretString::from("0123456789abcdef-test")),
+            jwt_secret_file: None,
             jwt_public_key_file: None,
             jwt_private_key_file: None,
             jwt_algorithm: None,
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(0),
+            max_token_lifetime: None,
+            expired_token_grace: Duration::from_secs(30),
         }
     }
 

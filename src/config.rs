@@ -130,9 +130,15 @@ pub struct ServerConfig {
     /// Largest HTTP request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
-    /// Largest Socket.IO message accepted, in bytes.
+    /// Largest Socket.IO message accepted, in bytes, on every transport
+    /// (a long-polling body, a WebSocket message or frame); more closes the
+    /// connection.
     #[serde(default = "default_max_socket_message_bytes")]
     pub max_socket_message_bytes: u64,
+    /// How long an Engine.IO session may stay open without completing a
+    /// Socket.IO CONNECT.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// HTTPS and WSS with these PEM files; reloaded on SIGHUP.
     pub tls: Option<TlsConfig>,
     /// How long a drain (SIGTERM) may take before connections are cut.
@@ -149,6 +155,9 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -160,6 +169,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             max_body_bytes: default_max_body_bytes(),
             max_socket_message_bytes: default_max_socket_message_bytes(),
+            connect_timeout: default_connect_timeout(),
             tls: None,
             shutdown_timeout: default_shutdown_timeout(),
         }
@@ -181,8 +191,11 @@ fn default_max_socket_message_bytes() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// HS256 shared secret.
+    /// HS256 shared secret (at least 32 bytes). Or `jwt_secret_file`, or
+    /// a systemd credential named `jwt_secret` (`LoadCredential=`).
     pub jwt_secret: Option<SecretString>,
+    /// A file holding the HS256 secret (surrounding whitespace ignored).
+    pub jwt_secret_file: Option<PathBuf>,
     /// PEM public key for RS256 or ES256 (the algorithm follows the key type
     /// unless `jwt_algorithm` says otherwise).
     pub jwt_public_key_file: Option<PathBuf>,
@@ -192,14 +205,72 @@ pub struct AuthConfig {
     pub jwt_algorithm: Option<JwtAlgorithm>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
-    /// Clock skew tolerated on `exp` and `nbf`.
+    /// Clock skew tolerated on `exp` and `nbf` (at most 5 minutes).
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
+    /// Longest lifetime (`exp - iat`) of a token accepted; when set, a
+    /// token without `iat` is refused.
+    #[serde(default, with = "humantime_serde")]
+    pub max_token_lifetime: Option<Duration>,
+    /// How long a socket stays connected after its token expired (it is
+    /// sent `token_expired` at `exp`, and may `reauth` meanwhile).
+    #[serde(default = "default_expired_token_grace", with = "humantime_serde")]
+    pub expired_token_grace: Duration,
+}
+
+/// The shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key at
+/// least as long as the hash (256 bits).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The secret of the trial config (`config/readback.toml`), published in
+/// the repository: never good enough off loopback.
+pub const TRIAL_SECRET: &str = "readback-development-secret-change-me";
+
+impl AuthConfig {
+    /// Fills `jwt_secret` from `jwt_secret_file`, or from the systemd
+    /// credential `jwt_secret` (`$CREDENTIALS_DIRECTORY`), when the config
+    /// does not give it inline.
+    fn read_secret(&mut self) -> Result<(), ConfigError> {
+        let file = match (&self.jwt_secret, &self.jwt_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::one(
+                    "auth: set only one of jwt_secret and jwt_secret_file",
+                ));
+            }
+            (Some(_), None) => return Ok(()),
+            (None, Some(file)) => file.clone(),
+            (None, None) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) if self.jwt_public_key_file.is_none() => {
+                    let credential = PathBuf::from(dir).join("jwt_secret");
+                    if !credential.exists() {
+                        return Ok(());
+                    }
+                    credential
+                }
+                _ => return Ok(()),
+            },
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            ConfigError::one(format!(
+                "auth.jwt_secret_file: cannot read {}: {e}",
+                file.display()
+            ))
+        })?;
+        self.jwt_secret = Some(SecretString::from(text.trim().to_owned()));
+        Ok(())
+    }
 }
 
 fn default_leeway() -> Duration {
     Duration::from_secs(30)
 }
+fn default_expired_token_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The most clock skew `auth.leeway` may allow: more would let expired
+/// tokens in for longer than a hospital would accept.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -536,9 +607,10 @@ impl Config {
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let config: Config = figment.extract().map_err(|errors| ConfigError {
+        let mut config: Config = figment.extract().map_err(|errors| ConfigError {
             problems: errors.into_iter().map(describe_figment_error).collect(),
         })?;
+        config.auth.read_secret()?;
         config.validate()?;
         Ok(config)
     }
@@ -565,8 +637,15 @@ impl Config {
             ),
             (Some(secret), None) => {
                 use secrecy::ExposeSecret;
-                if secret.expose_secret().len() < 16 {
-                    problems.push("auth.jwt_secret: must be at least 16 characters".into());
+                if secret.expose_secret().len() < MIN_SECRET_BYTES {
+                    problems.push(format!(
+                        "auth.jwt_secret: must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+                    ));
+                }
+                if secret.expose_secret() == TRIAL_SECRET && !self.listens_on_loopback_only() {
+                    problems.push(
+                        "auth.jwt_secret: the published trial secret is allowed only when server.listen is a loopback address; generate one (`openssl rand -hex 32`)".into(),
+                    );
                 }
             }
             (None, Some(file)) => {
@@ -577,6 +656,12 @@ impl Config {
                     ));
                 }
             }
+        }
+        if auth.leeway > MAX_LEEWAY {
+            problems.push("auth.leeway: at most 5m".into());
+        }
+        if auth.max_token_lifetime.is_some_and(|d| d.is_zero()) {
+            problems.push("auth.max_token_lifetime: must be more than 0s".into());
         }
         let url = &self.database.url;
         if !(url.starts_with("sqlite:")
@@ -721,6 +806,12 @@ impl Config {
     }
 
     /// The address to bind, resolved from `server.listen`.
+    /// Whether `server.listen` is a loopback address (reachable from this
+    /// host only).
+    pub fn listens_on_loopback_only(&self) -> bool {
+        self.listen_addr().is_ok_and(|addr| addr.ip().is_loopback())
+    }
+
     pub fn listen_addr(&self) -> Result<SocketAddr, std::io::Error> {
         use std::net::ToSocketAddrs;
         self.server
@@ -784,8 +875,61 @@ mod tests {
 
     const MINIMAL: &str = r#"
         [auth]
-        jwt_secret = "0123456789abcdef-test"
+        jwt_secret = "0123456789abcdef0123456789abcdef-test"
     "#;
+
+    #[test]
+    fn short_and_published_secrets_are_refused() {
+        let short = Config::from_toml("[auth]\njwt_secret = \"0123456789abcdef-0123\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            short.contains("auth.jwt_secret: must be at least 32 bytes"),
+            "{short}"
+        );
+        let trial = format!("[auth]\njwt_secret = \"{TRIAL_SECRET}\"\n");
+        // On loopback (the trial's own listen address) it is fine...
+        assert!(Config::from_toml(&trial).is_ok());
+        // ...off loopback it is refused.
+        let exposed = Config::from_toml(&format!("[server]\nlisten = \"0.0.0.0:8001\"\n{trial}"))
+            .unwrap_err()
+            .to_string();
+        assert!(exposed.contains("published trial secret"), "{exposed}");
+    }
+
+    #[test]
+    fn the_secret_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwt_secret");
+        std::fs::write(&file, "a-secret-from-a-file-0123456789abcdef\n").unwrap();
+        let config = Config::from_toml(&format!(
+            "[auth]\njwt_secret_file = \"{}\"\n",
+            file.display()
+        ))
+        .unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            config.auth.jwt_secret.unwrap().expose_secret(),
+            "a-secret-from-a-file-0123456789abcdef"
+        );
+        let both = Config::from_toml(&format!(
+            "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\njwt_secret_file = \"{}\"\n",
+            file.display()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            both.contains("only one of jwt_secret and jwt_secret_file"),
+            "{both}"
+        );
+        let missing = Config::from_toml("[auth]\njwt_secret_file = \"/nonexistent/secret\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("auth.jwt_secret_file: cannot read /nonexistent/secret"),
+            "{missing}"
+        );
+    }
 
     #[test]
     fn minimal_config_gets_protocol_defaults() {
@@ -804,7 +948,7 @@ mod tests {
         let err = Config::from_toml(
             r#"
             [auth]
-            jwt_secret = "0123456789abcdef-test"
+            jwt_secret = "0123456789abcdef0123456789abcdef-test"
             [sessions]
             idle_timout = "5m"
             "#,
@@ -819,7 +963,7 @@ mod tests {
         let err = Config::from_toml(
             r#"
             [auth]
-            jwt_secret = "0123456789abcdef-test"
+            jwt_secret = "0123456789abcdef0123456789abcdef-test"
             [scheduler]
             tick = "soon"
             "#,

@@ -28,4 +28,7 @@ pub struct AppState {
     pub notifications: Notifications,
     pub sessions: Sessions,
     pub escalations: Escalations,
+    /// The daemon's one task tracker, for work a handler leaves running
+    /// (a socket's token-expiry watch).
+    pub tasks: tokio_util::task::TaskTracker,
 }

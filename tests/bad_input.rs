@@ -193,7 +193,7 @@ async fn socket_refusals_answer_and_keep_the_socket(db: Db) {
         (json!([{ "notificationId": 7 }]), "bad_request"),
         (json!([{ "notificationId": long_id }]), "bad_request"),
         (json!([{ "notificationId": "ntf_unknown" }]), "not_found"),
-        (json!([{ "notificationId": theirs }]), "forbidden"),
+        (json!([{ "notificationId": theirs }]), "not_found"),
         (
             json!([{ "notificationId": theirs, "userId": "bob" }]),
             "forbidden",

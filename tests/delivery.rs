@@ -234,9 +234,18 @@ async fn only_the_recipient_may_acknowledge(db: Db) {
         .await;
     let id = raised["id"].as_str().unwrap();
 
+    // Someone else's finding is answered like an unknown one: ids cannot
+    // be probed.
     let refused = clients.ack("bob", id).await;
     assert_eq!(refused["ok"], false);
-    assert_eq!(refused["code"], "forbidden");
+    assert_eq!(refused["code"], "not_found");
+    let unknown = clients.ack("bob", "ntf_unknown").await;
+    assert_eq!(
+        refused["message"].as_str().map(|m| m.replace(id, "ID")),
+        unknown["message"]
+            .as_str()
+            .map(|m| m.replace("ntf_unknown", "ID"))
+    );
 
     // Bob claiming to be Alice in the payload is refused too.
     let spoofed = clients
@@ -349,7 +358,7 @@ async fn role_notifications_reach_and_close_for_every_holder(db: Db) {
     clients.barrier("body").await;
     assert!(clients.drain("body", "critical_notification").is_empty());
 
-    assert_eq!(clients.ack("body", id).await["code"], "forbidden");
+    assert_eq!(clients.ack("body", id).await["code"], "not_found");
     assert_eq!(clients.ack("neuro2", id).await["ok"], true);
     for holder in ["neuro1", "neuro2"] {
         let told = clients

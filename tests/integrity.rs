@@ -8,9 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
 
 both_databases!(
     events_sent_at_connect_are_answered,
@@ -160,71 +158,6 @@ async fn a_socket_is_reachable_when_its_client_sees_connect(db: Db) {
         let message = clients.next_event(&name, "ward.update").await;
         assert_eq!(message["round"], round);
         clients.close(&name).await;
-    }
-}
-
-/// A raw Socket.IO v5 client over one WebSocket: for clients that
-/// misbehave in ways socket.io-client never would.
-struct RawSocket {
-    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-}
-
-impl RawSocket {
-    /// Opens the Engine.IO session (waits for its OPEN packet) over a TCP
-    /// connection whose receive buffer is `recv_buffer` bytes, if given.
-    async fn open(daemon: &Daemon, recv_buffer: Option<u32>) -> Self {
-        let authority = daemon.url.strip_prefix("http://").expect("plain http");
-        let addr: std::net::SocketAddr = authority.parse().expect("host:port");
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        if let Some(size) = recv_buffer {
-            socket.set_recv_buffer_size(size).unwrap();
-        }
-        let stream = socket.connect(addr).await.expect("tcp connect");
-        let url = format!("ws://{authority}/socket.io/?EIO=4&transport=websocket");
-        let (ws, _) = tokio_tungstenite::client_async(url, stream)
-            .await
-            .expect("websocket handshake");
-        let mut raw = Self { ws };
-        let open = raw.next_text().await.expect("engine.io OPEN");
-        assert!(open.starts_with('0'), "{open}");
-        raw
-    }
-
-    async fn send(&mut self, text: String) {
-        self.try_send(text).await.expect("ws send");
-    }
-
-    async fn try_send(
-        &mut self,
-        text: String,
-    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        self.ws.send(Message::text(text)).await
-    }
-
-    /// The next text frame, answering Engine.IO pings; `None` once closed.
-    async fn next_text(&mut self) -> Option<String> {
-        loop {
-            match tokio::time::timeout(WAIT, self.ws.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) if text.as_str() == "2" => {
-                    let _ = self.ws.send(Message::text("3")).await;
-                }
-                Ok(Some(Ok(Message::Text(text)))) => return Some(text.to_string()),
-                Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) => return None,
-                Ok(Some(Ok(_))) => {}
-                Err(_) => panic!("nothing from the daemon within {WAIT:?}"),
-            }
-        }
-    }
-
-    /// Sends CONNECT with `token` and waits for the answer packet.
-    async fn connect(&mut self, token: &str) -> String {
-        self.send(format!("40{}", json!({ "token": token }))).await;
-        loop {
-            let packet = self.next_text().await.expect("connect answer");
-            if packet.starts_with("40") || packet.starts_with("44") {
-                return packet;
-            }
-        }
     }
 }
 

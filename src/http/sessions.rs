@@ -121,7 +121,8 @@ pub async fn get(
     let session = service::get(&state.sessions, &id).await?;
     let privileged = caller.has_any_role(&[roles::SERVICE, roles::ADMIN]);
     if !privileged && session.user_id != caller.user_id {
-        return Err(Error::Forbidden("this session belongs to another user".into()).into());
+        // The same answer as for an unknown id, so ids cannot be probed.
+        return Err(Error::NotFound(format!("session {id} not found")).into());
     }
     Ok(Json(view(&session)))
 }

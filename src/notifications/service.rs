@@ -389,9 +389,8 @@ pub async fn acknowledge(
     if !notification.may_be_acknowledged_by(caller) {
         drop(tx);
         audit_refusal(notifications, caller, &notification, "not the recipient").await;
-        return Err(Error::Forbidden(format!(
-            "notification {id} is not addressed to you"
-        )));
+        // The same answer as for an unknown id, so ids cannot be probed.
+        return Err(Error::NotFound(format!("notification {id} not found")));
     }
     if sql::acknowledge(&mut tx, id, &caller.user_id, socket_id, "socket", now).await? {
         audit::append(

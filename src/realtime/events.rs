@@ -26,6 +26,7 @@ pub const ERROR: &str = "error";
 pub const USER_ONLINE: &str = "user_online";
 pub const USER_OFFLINE: &str = "user_offline";
 pub const CONSOLE_UPDATE: &str = "console_update";
+pub const TOKEN_EXPIRED: &str = "token_expired";
 
 // Client → server.
 pub const ACTIVITY: &str = "activity";
@@ -33,9 +34,10 @@ pub const ACKNOWLEDGE_NOTIFICATION: &str = "acknowledge_notification";
 pub const EXTEND_SESSION: &str = "extend_session";
 pub const SUBSCRIBE: &str = "subscribe";
 pub const UNSUBSCRIBE: &str = "unsubscribe";
+pub const REAUTH: &str = "reauth";
 
 /// Every name above: `POST /api/v1/messages` may not use them.
-pub const ALL: [&str; 17] = [
+pub const ALL: [&str; 19] = [
     CONNECTED,
     CRITICAL_NOTIFICATION,
     NOTIFICATION_ACKNOWLEDGED,
@@ -53,7 +55,19 @@ pub const ALL: [&str; 17] = [
     USER_ONLINE,
     USER_OFFLINE,
     CONSOLE_UPDATE,
+    TOKEN_EXPIRED,
+    REAUTH,
 ];
+
+/// `token_expired`: the socket's token has expired; it is disconnected at
+/// `disconnectAt` unless it sends `reauth` with a fresh token first.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenExpired {
+    pub expired_at: Timestamp,
+    pub disconnect_at: Timestamp,
+    pub timestamp: Timestamp,
+}
 
 /// `notification_acknowledged`: to every socket of the recipient(s), so
 /// other tabs can dismiss it.

@@ -50,6 +50,10 @@ pub fn attach<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, state: AppState) ->
     io.ns("/", connect.with(admit).with(authenticate))
 }
 
+/// Largest handshake `auth` payload: a token and a few fields, not a
+/// place to park megabytes.
+const MAX_HANDSHAKE_AUTH_BYTES: usize = 16 * 1024;
+
 /// Verifies the handshake token. A refusal becomes the `connect_error`
 /// message (`Display` of [`TokenError`]) and an audit row.
 async fn authenticate<A: Adapter>(
@@ -57,16 +61,19 @@ async fn authenticate<A: Adapter>(
     auth: Option<Value>,
     state: AppState,
 ) -> Result<(), TokenError> {
+    let oversized = auth
+        .as_ref()
+        .is_some_and(|a| a.to_string().len() > MAX_HANDSHAKE_AUTH_BYTES);
     let verified = match token_from_handshake(&socket, auth.as_ref()) {
-        Some(token) => state.verifier.verify(&token),
+        _ if oversized => Err(TokenError::Invalid("handshake auth too large".into())),
+        Some(token) => state.verifier.verify_until(&token),
         None => Err(TokenError::Missing),
     };
     match verified {
-        Ok(identity) => {
-            socket.extensions.insert(Arc::new(Connection {
-                identity,
-                connected_at: Timestamp::now(),
-            }));
+        Ok((identity, expires_at)) => {
+            socket
+                .extensions
+                .insert(Arc::new(Connection::new(identity, expires_at)));
             Ok(())
         }
         Err(refusal) => {
@@ -123,7 +130,7 @@ enum Admission {
 /// connection (user directory, session), then the handlers and the rooms —
 /// all before the CONNECT packet is sent, so nothing the client sends the
 /// moment it is connected can find the socket half-registered.
-async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), Infallible> {
+async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), Unavailable> {
     let Some(connection) = socket.extensions.get::<Arc<Connection>>() else {
         // Unreachable: `authenticate` runs first and refuses without one.
         return Ok(());
@@ -142,8 +149,10 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
         }
         Ok(OnConnect::Foreign) => Admission::ForeignSession,
         Err(e) => {
-            tracing::error!(socket = %socket.id, error = %e, "could not record the session; continuing without it");
-            Admission::Admitted
+            // Fail closed: a session that cannot be checked may have been
+            // terminated; the client retries (socket.io-client reconnects).
+            tracing::error!(socket = %socket.id, error = %e, "cannot check the token's session; connection refused");
+            return Err(Unavailable);
         }
     };
     socket.extensions.insert(admission);
@@ -164,6 +173,12 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
     socket.join(rooms);
     Ok(())
 }
+
+/// The `connect_error` message when the database cannot say whether the
+/// token's session is still valid.
+#[derive(Debug, thiserror::Error)]
+#[error("Service temporarily unavailable")]
+pub struct Unavailable;
 
 /// Why the token's session ended, for the `session_expired` event.
 #[derive(Debug)]
@@ -224,7 +239,60 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
             timestamp: Timestamp::now(),
         },
     );
+    watch_token_expiry(
+        &state.tasks,
+        socket.clone(),
+        connection.clone(),
+        state.config.auth.expired_token_grace,
+    );
     replay(&socket, &state, identity).await;
+}
+
+/// A socket never outlives its token: at `exp` it is sent `token_expired`,
+/// and `grace` later disconnected — unless `reauth` moved the expiry.
+/// Ends when the socket goes.
+fn watch_token_expiry<A: Adapter>(
+    tasks: &tokio_util::task::TaskTracker,
+    socket: SocketRef<A>,
+    connection: Arc<Connection>,
+    grace: std::time::Duration,
+) {
+    tasks.spawn(async move {
+        let until = |at: Timestamp| {
+            let millis = u64::try_from(at.millis_since(Timestamp::now()).max(0)).unwrap_or(0);
+            tokio::time::sleep(std::time::Duration::from_millis(millis))
+        };
+        loop {
+            let expires_at = connection.token_expires_at();
+            tokio::select! {
+                () = connection.gone.cancelled() => return,
+                () = connection.reauthenticated.notified() => continue,
+                () = until(expires_at) => {}
+            }
+            if connection.token_expires_at() != expires_at {
+                continue;
+            }
+            let disconnect_at = expires_at.plus(grace);
+            let _ = socket.emit(
+                events::TOKEN_EXPIRED,
+                &events::TokenExpired {
+                    expired_at: expires_at,
+                    disconnect_at,
+                    timestamp: Timestamp::now(),
+                },
+            );
+            tokio::select! {
+                () = connection.gone.cancelled() => return,
+                () = connection.reauthenticated.notified() => continue,
+                () = until(disconnect_at) => {}
+            }
+            if connection.token_expires_at() == expires_at {
+                tracing::info!(socket = %socket.id, user = %connection.identity.user_id, "token expired; disconnecting");
+                let _ = socket.disconnect();
+                return;
+            }
+        }
+    });
 }
 
 /// For a socket that is about to be dropped: every event with an ack is
@@ -470,6 +538,13 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
     on_request(
         socket,
         state,
+        events::REAUTH,
+        false,
+        |socket, state, data| async move { reauth(&socket, &state, data) },
+    );
+    on_request(
+        socket,
+        state,
         events::SUBSCRIBE,
         true,
         |socket, state, data| async move { subscribe(&socket, &state, data) },
@@ -511,6 +586,9 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
     socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
         let state = disconnect_state.clone();
         async move {
+            if let Some(connection) = socket.extensions.get::<Arc<Connection>>() {
+                connection.gone.cancel();
+            }
             tracing::info!(socket = %socket.id, %reason, "disconnected");
             if state.config.realtime.presence_events
                 && let Some(connection) = socket.extensions.get::<Arc<Connection>>()
@@ -540,6 +618,36 @@ fn required_string<'a>(data: &'a Value, field: &str) -> Result<&'a str, FieldErr
         Some(_) => Err(FieldError::new(field, "must be a string")),
         None => Err(FieldError::new(field, "is required")),
     }
+}
+
+/// `reauth { token }`: a fresh token for the same user, roles and session
+/// moves the socket's expiry later, so a long-lived viewer need not
+/// reconnect when its identity provider renews the token.
+fn reauth<A: Adapter>(
+    socket: &SocketRef<A>,
+    state: &AppState,
+    data: Option<Value>,
+) -> Result<Value, Error> {
+    let connection = connection_of(socket)?;
+    let data = payload_object(data, "{ token }")?;
+    let token = required_string(&data, "token")?;
+    let (identity, expires_at) = state.verifier.verify_until(token).map_err(|e| match e {
+        TokenError::Expired => Error::Expired(e.to_string()),
+        _ => Error::Forbidden(e.to_string()),
+    })?;
+    if identity.user_id != connection.identity.user_id
+        || identity.roles != connection.identity.roles
+        || identity.session_id != connection.identity.session_id
+    {
+        return Err(Error::Forbidden(
+            "the new token must be for the same user, roles and session".into(),
+        ));
+    }
+    connection
+        .token_expires_at
+        .store(expires_at.as_millis(), std::sync::atomic::Ordering::Relaxed);
+    connection.reauthenticated.notify_waiters();
+    Ok(json!({ "ok": true, "expiresAt": expires_at }))
 }
 
 /// `subscribe { topic }`: joins `topic:{topic}` if the socket's roles may.

@@ -29,4 +29,30 @@ pub use hub::{Delivered, Hub, HubOps, SEND_BUFFER_FULL, Sent, SocketInfo};
 pub struct Connection {
     pub identity: crate::auth::Identity,
     pub connected_at: Timestamp,
+    /// When the socket's token expires (ms since the epoch); `reauth` moves
+    /// it later.
+    pub token_expires_at: std::sync::atomic::AtomicI64,
+    /// Rung by `reauth`, so the expiry watch looks again.
+    pub reauthenticated: tokio::sync::Notify,
+    /// Cancelled when the socket disconnects: ends its expiry watch.
+    pub gone: tokio_util::sync::CancellationToken,
+}
+
+impl Connection {
+    pub fn new(identity: crate::auth::Identity, token_expires_at: Timestamp) -> Self {
+        Self {
+            identity,
+            connected_at: Timestamp::now(),
+            token_expires_at: std::sync::atomic::AtomicI64::new(token_expires_at.as_millis()),
+            reauthenticated: tokio::sync::Notify::new(),
+            gone: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    pub fn token_expires_at(&self) -> Timestamp {
+        Timestamp::from_millis(
+            self.token_expires_at
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
 }

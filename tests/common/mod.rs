@@ -6,7 +6,8 @@
 //! One file per part, all re-exported here so a test file says
 //! `use common::*`: `env` (the fresh database, the config, counts of what
 //! was stored), `daemon` (the process and its command line), `tokens`,
-//! `http`, `clients` (the Socket.IO clients) and `servers` (SMTP, Redis).
+//! `http`, `clients` (the Socket.IO clients), `raw` (a raw WebSocket client
+//! for misbehaving ones) and `servers` (SMTP, Redis).
 //! The story runners are the macros below.
 // Each test crate uses a different part of the harness.
 #![allow(dead_code, unused_imports)]
@@ -15,6 +16,7 @@ mod clients;
 mod daemon;
 mod env;
 mod http;
+mod raw;
 mod servers;
 mod tokens;
 
@@ -24,6 +26,7 @@ pub use clients::*;
 pub use daemon::*;
 pub use env::*;
 pub use http::*;
+pub use raw::*;
 pub use servers::*;
 pub use tokens::*;
 
