@@ -292,7 +292,16 @@ impl Application {
         };
         // Small frames (a notification, an ack) go out at once instead of
         // waiting for the peer's delayed ACK (Nagle).
-        let server = axum_server::from_tcp(self.listener)?.handle(handle);
+        let header_read_timeout = state.config.server.header_read_timeout;
+        let mut server = axum_server::from_tcp(self.listener)?
+            .handle(handle)
+            // Slow-loris: a connection that does not deliver a request's
+            // headers in time is closed instead of held open.
+            .first_request_timeout(header_read_timeout);
+        server
+            .http_builder()
+            .http1()
+            .header_read_timeout(header_read_timeout);
         let service = self.router.into_make_service();
         match self.tls {
             None => {

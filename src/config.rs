@@ -135,6 +135,10 @@ pub struct ServerConfig {
     /// connection.
     #[serde(default = "default_max_socket_message_bytes")]
     pub max_socket_message_bytes: u64,
+    /// How long a client may take to send a request's headers (and, on a
+    /// new connection, its first request): slow-loris clients are cut off.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     /// How long an Engine.IO session may stay open without completing a
     /// Socket.IO CONNECT.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
@@ -155,6 +159,9 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -170,6 +177,7 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body_bytes(),
             max_socket_message_bytes: default_max_socket_message_bytes(),
             connect_timeout: default_connect_timeout(),
+            header_read_timeout: default_header_read_timeout(),
             tls: None,
             shutdown_timeout: default_shutdown_timeout(),
         }

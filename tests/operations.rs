@@ -276,6 +276,13 @@ fn the_systemd_unit_is_valid_and_hardened() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure score in:\n{report}"));
     assert!(exposure <= 1.5, "exposure {exposure} > 1.5:\n{report}");
+    // A memory ceiling: a leak or a flood is stopped before it takes the
+    // PACS host's memory.
+    let text = std::fs::read_to_string(&unit).unwrap();
+    assert!(
+        text.lines().any(|l| l.starts_with("MemoryMax=")),
+        "no MemoryMax= in the unit"
+    );
 
     // `verify` needs the binary the unit starts: point it at the one built.
     let dir = tempfile::tempdir().unwrap();

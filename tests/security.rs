@@ -18,6 +18,7 @@ both_databases!(
     the_session_check_fails_closed,
     oversized_frames_and_handshakes_are_refused,
     a_session_that_never_connects_is_closed,
+    slow_loris_connections_are_cut_off,
 );
 
 /// A viewer token signed by the test's key, expiring `ttl_secs` from now.
@@ -307,4 +308,45 @@ async fn a_session_that_never_connects_is_closed(db: Db) {
         "closed after {:?}",
         started.elapsed()
     );
+}
+
+/// Slow-loris: connections that never finish their request headers (or
+/// never send a request at all) are closed after
+/// `server.header_read_timeout`, while others are served meanwhile.
+async fn slow_loris_connections_are_cut_off(db: Db) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new(db).await;
+    let daemon = env
+        .start_with_env(&[("READBACK_SERVER__HEADER_READ_TIMEOUT", "400ms")])
+        .await;
+    let addr = daemon.url.strip_prefix("http://").unwrap().to_string();
+    let started = std::time::Instant::now();
+    let mut slow = Vec::new();
+    for i in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        if i % 2 == 0 {
+            // Half a request, then silence.
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: readback\r\nX-Slow: ")
+                .await
+                .unwrap();
+        }
+        slow.push(stream);
+    }
+    // Served while they hang.
+    let http = Http::default();
+    let health = http
+        .send(http.client().get(format!("{}/healthz", daemon.url)))
+        .await;
+    assert_eq!(health.status, 200);
+    for mut stream in slow {
+        let mut buffer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer))
+            .await
+            .expect("a slow connection was held open");
+        // Closed (an error response may come first, never a 200).
+        assert!(read.is_ok() || read.is_err());
+        assert!(!String::from_utf8_lossy(&buffer).contains(" 200 "));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(400));
 }
