@@ -85,6 +85,10 @@ pub struct RealtimeConfig {
     /// How many topics one socket may subscribe to at once.
     #[serde(default = "default_max_topics_per_socket")]
     pub max_topics_per_socket: usize,
+    /// How many sockets one user may hold on one daemon (tabs, devices);
+    /// a connection over it is refused.
+    #[serde(default = "default_max_sockets_per_user")]
+    pub max_sockets_per_user: usize,
 }
 
 impl Default for RealtimeConfig {
@@ -96,6 +100,7 @@ impl Default for RealtimeConfig {
             max_message_bytes: default_max_message_bytes(),
             topics: BTreeMap::new(),
             max_topics_per_socket: default_max_topics_per_socket(),
+            max_sockets_per_user: default_max_sockets_per_user(),
         }
     }
 }
@@ -108,6 +113,9 @@ fn default_max_message_bytes() -> usize {
 }
 fn default_max_topics_per_socket() -> usize {
     100
+}
+fn default_max_sockets_per_user() -> usize {
+    20
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -767,6 +775,9 @@ impl Config {
                     problems.push(format!("realtime.topics.{role}: `{pattern}` {why}"));
                 }
             }
+        }
+        if realtime.max_sockets_per_user == 0 {
+            problems.push("realtime.max_sockets_per_user: must be at least 1".into());
         }
         if realtime.max_topics_per_socket == 0 {
             problems.push("realtime.max_topics_per_socket: must be at least 1".into());

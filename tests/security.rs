@@ -19,6 +19,7 @@ both_databases!(
     oversized_frames_and_handshakes_are_refused,
     a_session_that_never_connects_is_closed,
     slow_loris_connections_are_cut_off,
+    sockets_per_user_are_capped,
 );
 
 /// A viewer token signed by the test's key, expiring `ttl_secs` from now.
@@ -349,4 +350,46 @@ async fn slow_loris_connections_are_cut_off(db: Db) {
         assert!(!String::from_utf8_lossy(&buffer).contains(" 200 "));
     }
     assert!(started.elapsed() >= Duration::from_millis(400));
+}
+
+/// `realtime.max_sockets_per_user`: the newest connection over the cap is
+/// refused with a clear reason; other users are not affected, and a closed
+/// tab frees its place.
+async fn sockets_per_user_are_capped(db: Db) {
+    let env = TestEnv::new(db).await;
+    let daemon = env
+        .start_with_env(&[("READBACK_REALTIME__MAX_SOCKETS_PER_USER", "3")])
+        .await;
+    let clients = Clients::start(&daemon).await;
+    let alice = token("alice", &["radiologist"], None);
+    for tab in 0..3 {
+        clients.connect(&format!("tab{tab}"), &alice).await;
+    }
+    let refused = clients
+        .connect_with("tab3", json!({ "auth": { "token": alice } }))
+        .await;
+    assert_eq!(refused, Err("Too many connections".to_string()));
+    clients
+        .connect("bob", &token("bob", &["radiologist"], None))
+        .await;
+    clients.close("tab0").await;
+    // The daemon notices the close asynchronously: retry briefly.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let name = format!("tab-again-{attempt}");
+        if clients
+            .connect_with(&name, json!({ "auth": { "token": alice } }))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed tab did not free its place"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -130,7 +130,7 @@ enum Admission {
 /// connection (user directory, session), then the handlers and the rooms —
 /// all before the CONNECT packet is sent, so nothing the client sends the
 /// moment it is connected can find the socket half-registered.
-async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), Unavailable> {
+async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), Refused> {
     let Some(connection) = socket.extensions.get::<Arc<Connection>>() else {
         // Unreachable: `authenticate` runs first and refuses without one.
         return Ok(());
@@ -152,7 +152,7 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
             // Fail closed: a session that cannot be checked may have been
             // terminated; the client retries (socket.io-client reconnects).
             tracing::error!(socket = %socket.id, error = %e, "cannot check the token's session; connection refused");
-            return Err(Unavailable);
+            return Err(Refused::Unavailable);
         }
     };
     socket.extensions.insert(admission);
@@ -163,6 +163,15 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
     };
     if state.config.realtime.single_connection_per_user {
         replace_older_connections(&socket, &state, identity).await;
+    } else {
+        // A radiologist has a few tabs and devices, not hundreds: the newest
+        // connection over the cap is refused (on this daemon; counting
+        // across daemons would cost a cluster round trip per connect).
+        let held = state.hub.local_count_in(user_room(&identity.user_id));
+        if held >= state.config.realtime.max_sockets_per_user {
+            tracing::warn!(user = %identity.user_id, held, "too many connections; refused");
+            return Err(Refused::TooManyConnections);
+        }
     }
     register_events(&socket, &state);
     let mut rooms = vec![user_room(&identity.user_id)];
@@ -174,11 +183,17 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
     Ok(())
 }
 
-/// The `connect_error` message when the database cannot say whether the
-/// token's session is still valid.
+/// Why an authenticated connection was refused: its `connect_error`
+/// message.
 #[derive(Debug, thiserror::Error)]
-#[error("Service temporarily unavailable")]
-pub struct Unavailable;
+pub enum Refused {
+    /// The database cannot say whether the token's session is still valid.
+    #[error("Service temporarily unavailable")]
+    Unavailable,
+    /// The user holds `realtime.max_sockets_per_user` sockets already.
+    #[error("Too many connections")]
+    TooManyConnections,
+}
 
 /// Why the token's session ended, for the `session_expired` event.
 #[derive(Debug)]

@@ -74,6 +74,8 @@ pub trait HubOps: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'_, ()>;
     /// How many sockets are connected to this daemon.
     fn local_count(&self) -> usize;
+    /// How many sockets of this daemon are in `room`.
+    fn local_count_in(&self, room: String) -> usize;
 }
 
 /// The handle the domain and HTTP layers use to reach sockets.

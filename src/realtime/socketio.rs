@@ -204,4 +204,8 @@ impl<A: Adapter> HubOps for SocketIo<A> {
     fn local_count(&self) -> usize {
         self.local().sockets().len()
     }
+
+    fn local_count_in(&self, room: String) -> usize {
+        self.local().to(room).sockets().len()
+    }
 }
