@@ -119,6 +119,13 @@ impl Application {
             stop_writes.clone(),
         );
         let shutdown = CancellationToken::new();
+        let refusals = crate::audit::refusals::Refusals::default();
+        refusals.spawn_flusher(
+            &tasks,
+            store.clone(),
+            config.audit.refusal_window,
+            stop_writes.clone(),
+        );
         let state_for = |hub: Hub| {
             let escalations = Escalations {
                 config: config.clone(),
@@ -149,6 +156,7 @@ impl Application {
                 },
                 escalations,
                 tasks: tasks.clone(),
+                refusals: refusals.clone(),
             }
         };
         let (router, state) = match (store.backend(), &config.cluster.redis_url) {
@@ -302,7 +310,11 @@ impl Application {
             .http_builder()
             .http1()
             .header_read_timeout(header_read_timeout);
-        let service = self.router.into_make_service();
+        // The peer address reaches handlers (refusals are counted per
+        // source).
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
         match self.tls {
             None => {
                 server

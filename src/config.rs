@@ -47,15 +47,32 @@ pub struct Config {
     pub audit: AuditConfig,
 }
 
-/// The audit log's signed checkpoints.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The audit log: signed checkpoints, and how refused logins are written.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
+    /// Refused logins are counted per source, channel and reason and
+    /// written as one `auth.refused` row (with the count) per window.
+    #[serde(default = "default_refusal_window", with = "humantime_serde")]
+    pub refusal_window: Duration,
     /// Ed25519 private key (PKCS#8 PEM, from `readbackd audit keygen`) that
     /// `audit checkpoint` signs with and `audit verify --checkpoint` checks
     /// against. Read only by those commands, never by the daemon, so it can
     /// be readable by the operator who runs them and not by `readback`.
     pub checkpoint_key_file: Option<PathBuf>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            refusal_window: default_refusal_window(),
+            checkpoint_key_file: None,
+        }
+    }
+}
+
+fn default_refusal_window() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// Ordinary real-time traffic beside critical findings: messages, topics,
@@ -775,6 +792,9 @@ impl Config {
                     problems.push(format!("realtime.topics.{role}: `{pattern}` {why}"));
                 }
             }
+        }
+        if self.audit.refusal_window.is_zero() {
+            problems.push("audit.refusal_window: must be more than 0s".into());
         }
         if realtime.max_sockets_per_user == 0 {
             problems.push("realtime.max_sockets_per_user: must be at least 1".into());

@@ -20,6 +20,7 @@ both_databases!(
     a_session_that_never_connects_is_closed,
     slow_loris_connections_are_cut_off,
     sockets_per_user_are_capped,
+    a_flood_of_refused_tokens_costs_a_few_bounded_audit_rows,
 );
 
 /// A viewer token signed by the test's key, expiring `ttl_secs` from now.
@@ -392,4 +393,57 @@ async fn sockets_per_user_are_capped(db: Db) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A flood of forged tokens (HTTP and Socket.IO) is written as a handful of
+/// `auth.refused` rows with counts, per source, channel and reason and
+/// window — not a row (and a transaction) per request — and what is stored
+/// of attacker-chosen text is short.
+async fn a_flood_of_refused_tokens_costs_a_few_bounded_audit_rows(db: Db) {
+    let env = TestEnv::new(db).await;
+    let daemon = env
+        .start_with_env(&[("READBACK_AUDIT__REFUSAL_WINDOW", "300ms")])
+        .await;
+    let http = Http::default();
+    let forged = sign(
+        &json!({ "sub": "mallory", "roles": ["admin"], "exp": now_secs() + 3600 }),
+        "not-the-secret-0123456789abcdef0123",
+    );
+    let long_agent = "A".repeat(8_000);
+    let long_path = format!("/notifications?{}", "q=1&".repeat(500));
+    for _ in 0..300 {
+        let reply = http
+            .send(
+                http.client()
+                    .get(daemon.api(&long_path))
+                    .bearer_auth(&forged)
+                    .header("user-agent", &long_agent),
+            )
+            .await;
+        assert_eq!(reply.status, 401);
+    }
+    let clients = Clients::start(&daemon).await;
+    for i in 0..20 {
+        let refused = clients
+            .connect_with(&format!("m{i}"), json!({ "auth": { "token": forged } }))
+            .await;
+        assert_eq!(refused, Err("Invalid authentication token".to_string()));
+    }
+    let rows = env.refused_logins(320).await;
+    // A row per (source, channel, reason) per window: a few, not 320.
+    assert!(rows.len() <= 20, "{} rows: {rows:#?}", rows.len());
+    for row in &rows {
+        assert_eq!(row["source"], "127.0.0.1", "{row}");
+        for field in ["path", "userAgent", "reason"] {
+            let text = row[field].as_str().unwrap_or("");
+            assert!(
+                text.chars().count() <= 128,
+                "{field} stored {} chars",
+                text.len()
+            );
+        }
+    }
+    // Refusals never block a raise.
+    http.raise(&daemon, json!({ "userId": "user-123" }), "During a flood")
+        .await;
 }

@@ -13,6 +13,7 @@
 //! checkpoint shows it even when the whole chain was recomputed.
 
 pub mod checkpoint;
+pub mod refusals;
 pub mod review;
 
 use serde_json::Value;

@@ -6,7 +6,10 @@
 
 use std::marker::PhantomData;
 
+use std::net::SocketAddr;
+
 use axum::body::Bytes;
+use axum::extract::ConnectInfo;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -14,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use crate::audit::refusals::Refusal;
 use crate::audit::{Action, AuditEvent};
 use crate::auth::{Identity, TokenError, roles};
 use crate::clock::Timestamp;
@@ -74,18 +78,19 @@ impl<R: Roles> FromRequestParts<AppState> for Authorized<R> {
             Ok(identity) => identity,
             Err(refusal) => {
                 state.metrics.auth_refused.inc();
-                audit(
-                    state,
-                    AuditEvent::new(Action::AuthRefused, Timestamp::now())
-                        .outcome("refused")
-                        .detail(json!({
-                            "channel": "http",
-                            "method": parts.method.as_str(),
-                            "path": path,
-                            "reason": refusal.reason(),
-                        })),
-                )
-                .await;
+                state.refusals.record(&Refusal {
+                    source: parts
+                        .extensions
+                        .get::<ConnectInfo<SocketAddr>>()
+                        .map(|peer| peer.0.ip()),
+                    channel: "http",
+                    reason: refusal.reason(),
+                    path: Some(&path),
+                    user_agent: parts
+                        .headers
+                        .get(header::USER_AGENT)
+                        .and_then(|v| v.to_str().ok()),
+                });
                 return Err(ApiError::Unauthorized(refusal));
             }
         };

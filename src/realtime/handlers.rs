@@ -79,16 +79,19 @@ async fn authenticate<A: Adapter>(
         Err(refusal) => {
             state.metrics.auth_refused.inc();
             let parts = socket.req_parts();
-            let event = AuditEvent::new(Action::AuthRefused, Timestamp::now())
-                .outcome("refused")
-                .detail(json!({
-                    "channel": "socket.io",
-                    "reason": refusal.reason(),
-                    "userAgent": parts.headers.get("user-agent").and_then(|v| v.to_str().ok()),
-                }));
-            if let Err(e) = crate::store::audit::append_alone(&state.store, &event).await {
-                tracing::warn!(error = %e, "could not audit a refused connection");
-            }
+            state.refusals.record(&crate::audit::refusals::Refusal {
+                source: parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|peer| peer.0.ip()),
+                channel: "socket.io",
+                reason: refusal.reason(),
+                path: None,
+                user_agent: parts
+                    .headers
+                    .get("user-agent")
+                    .and_then(|v| v.to_str().ok()),
+            });
             tracing::info!(reason = refusal.reason(), "socket authentication refused");
             Err(refusal)
         }

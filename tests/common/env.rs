@@ -3,6 +3,7 @@
 //! file the daemons start from, and read-only looks at what they stored —
 //! above all the audit log, which most stories check.
 
+use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -98,11 +99,54 @@ impl TestEnv {
     /// Starts a daemon on the current config (written anew each time, so a
     /// restart sees what the test changed).
     pub async fn start(&self) -> Daemon {
-        Daemon::start(&self.write_config()).await
+        self.start_with_env(&[]).await
     }
 
+    /// Refused logins are written once per `audit.refusal_window`: short in
+    /// tests, so a test waits milliseconds for them (`refused_logins`).
     pub async fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
-        Daemon::start_with_env(&self.write_config(), env).await
+        let mut env = env.to_vec();
+        if !env
+            .iter()
+            .any(|(k, _)| *k == "READBACK_AUDIT__REFUSAL_WINDOW")
+        {
+            env.push(("READBACK_AUDIT__REFUSAL_WINDOW", "100ms"));
+        }
+        Daemon::start_with_env(&self.write_config(), &env).await
+    }
+
+    /// Waits until the `auth.refused` rows count `expected` refusals in all
+    /// (each row carries the count of its source, channel and reason in
+    /// its window), then returns the rows' details.
+    #[allow(clippy::disallowed_methods)] // assertions read what the daemon stored
+    pub async fn refused_logins(&self, expected: u64) -> Vec<Value> {
+        use sqlx::Row;
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let mut conn = self.sql().await;
+            let details: Vec<Value> = sqlx::query(
+                "SELECT detail FROM audit_log WHERE action = 'auth.refused' ORDER BY seq",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .expect("read auth.refused rows")
+            .iter()
+            .map(|row| serde_json::from_str(&row.get::<String, _>(0)).expect("JSON detail"))
+            .collect();
+            let total: u64 = details
+                .iter()
+                .map(|d| d["count"].as_u64().unwrap_or(1))
+                .sum();
+            if total >= expected {
+                assert_eq!(total, expected, "more refusals than expected: {details:#?}");
+                return details;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out: {total} refusals audited, waited for {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// `readbackd audit verify` on this config: whether it passed, and what
