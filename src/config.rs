@@ -32,7 +32,7 @@ pub struct Config {
     #[serde(default)]
     pub scheduler: SchedulerConfig,
     #[serde(default = "default_severities")]
-    pub severities: BTreeMap<String, SeverityConfig>,
+    pub severities: BTreeMap<Severity, SeverityConfig>,
     #[serde(default)]
     pub smtp: SmtpConfig,
     #[serde(default)]
@@ -420,16 +420,16 @@ pub struct SeverityConfig {
 
 /// Defaults follow the ACR Practice Parameter for Communication of
 /// Diagnostic Imaging Findings: category 1 in minutes, 2 in hours, 3 in days.
-fn default_severities() -> BTreeMap<String, SeverityConfig> {
+fn default_severities() -> BTreeMap<Severity, SeverityConfig> {
     [
-        ("critical", 10 * 60),
-        ("urgent", 2 * 3600),
-        ("actionable", 3 * 86400),
+        (Severity::Critical, 10 * 60),
+        (Severity::Urgent, 2 * 3600),
+        (Severity::Actionable, 3 * 86400),
     ]
     .into_iter()
-    .map(|(name, secs)| {
+    .map(|(severity, secs)| {
         (
-            name.to_string(),
+            severity,
             SeverityConfig {
                 ack_within: Duration::from_secs(secs),
             },
@@ -732,11 +732,6 @@ impl Config {
             problems.push("scheduler.tick: must be greater than zero".into());
         }
         for (name, severity) in &self.severities {
-            if name.parse::<Severity>().is_err() {
-                problems.push(format!(
-                    "severities.{name}: unknown severity (expected critical, urgent or actionable)"
-                ));
-            }
             if severity.ack_within.is_zero() {
                 problems.push(format!(
                     "severities.{name}.ack_within: must be greater than zero"
@@ -744,7 +739,7 @@ impl Config {
             }
         }
         for severity in Severity::ALL {
-            if !self.severities.contains_key(severity.as_str()) {
+            if !self.severities.contains_key(&severity) {
                 problems.push(format!(
                     "severities.{}: missing (every severity needs an ack_within)",
                     severity.as_str()
@@ -863,7 +858,7 @@ impl Config {
     /// The configured acknowledgement window for a severity.
     pub fn ack_within(&self, severity: Severity) -> Duration {
         self.severities
-            .get(severity.as_str())
+            .get(&severity)
             .map(|s| s.ack_within)
             .expect("validated: every severity is configured")
     }

@@ -23,6 +23,46 @@ impl Hub {
     }
 }
 
+/// How one emit to one socket ended.
+enum Outcome {
+    Queued,
+    /// Its send buffer was full: it has been disconnected.
+    Full,
+    /// It disconnected before the emit; it gets a replay on reconnect.
+    Gone(String),
+    /// The cluster could not carry it.
+    Failed(String),
+}
+
+impl Outcome {
+    fn record(self, event: &str, sent: Sent, delivered: &mut Delivered) {
+        match self {
+            Outcome::Queued => delivered.reached.push(sent),
+            Outcome::Full => {
+                tracing::warn!(event, socket = %sent.socket_id, "send buffer full; socket disconnected");
+                delivered.missed.push((sent, SEND_BUFFER_FULL));
+            }
+            Outcome::Gone(error) => {
+                tracing::debug!(event, socket = %sent.socket_id, error, "socket gone before the emit");
+            }
+            Outcome::Failed(error) => {
+                tracing::warn!(event, socket = %sent.socket_id, error, "emit failed");
+                delivered.missed.push((sent, "emit_failed"));
+            }
+        }
+    }
+}
+
+/// The socket an event is handed to, from its id and rooms.
+fn sent_to(socket_id: String, rooms: &[impl AsRef<str>]) -> Sent {
+    let info = info_from_rooms(socket_id, rooms);
+    Sent {
+        socket_id: info.socket_id,
+        user_id: info.user_id.unwrap_or_default(),
+        session_id: info.session_id,
+    }
+}
+
 /// Reads user, roles and session from a socket's rooms: the only thing a
 /// remote node knows about a socket.
 fn info_from_rooms(socket_id: String, rooms: &[impl AsRef<str>]) -> SocketInfo {
@@ -83,58 +123,41 @@ impl<A: Adapter> HubOps for SocketIo<A> {
                     // sockets; the others get it by replay on reconnect.
                     tracing::warn!(event, error = %e, "could not list cluster sockets; delivering locally");
                     for socket in self.local().to(rooms).sockets() {
-                        let info = info_from_rooms(socket.id.to_string(), &socket.rooms());
-                        if skip.contains(&info.socket_id) {
+                        let sent = sent_to(socket.id.to_string(), &socket.rooms());
+                        if skip.contains(&sent.socket_id) {
                             continue;
                         }
-                        let sent = Sent {
-                            socket_id: info.socket_id,
-                            user_id: info.user_id.unwrap_or_default(),
-                            session_id: info.session_id,
-                        };
-                        match socket.emit(event, &payload) {
-                            Ok(()) => delivered.reached.push(sent),
+                        let outcome = match socket.emit(event, &payload) {
+                            Ok(()) => Outcome::Queued,
                             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-                                tracing::warn!(event, socket = %sent.socket_id, "send buffer full; disconnecting the socket");
-                                let _ = socket.disconnect();
-                                delivered.missed.push((sent, SEND_BUFFER_FULL));
+                                let _ = socket.clone().disconnect();
+                                Outcome::Full
                             }
-                            Err(e) => {
-                                tracing::debug!(event, socket = %sent.socket_id, error = %e, "socket gone before the emit");
-                            }
-                        }
+                            Err(e) => Outcome::Gone(e.to_string()),
+                        };
+                        outcome.record(event, sent, &mut delivered);
                     }
                     return delivered;
                 }
             };
             for socket in sockets {
                 let rooms = socket.rooms().await.unwrap_or_default();
-                let info = info_from_rooms(socket.data().id.to_string(), &rooms);
-                if skip.contains(&info.socket_id) {
+                let sent = sent_to(socket.data().id.to_string(), &rooms);
+                if skip.contains(&sent.socket_id) {
                     continue;
                 }
-                let sent = Sent {
-                    socket_id: info.socket_id,
-                    user_id: info.user_id.unwrap_or_default(),
-                    session_id: info.session_id,
-                };
-                match socket.emit(event, &payload).await {
-                    Ok(()) => delivered.reached.push(sent),
+                let outcome = match socket.emit(event, &payload).await {
+                    Ok(()) => Outcome::Queued,
                     Err(RemoteActionError::Socket(SocketError::InternalChannelFull)) => {
-                        tracing::warn!(event, socket = %sent.socket_id, "send buffer full; disconnecting the socket");
                         if let Err(e) = socket.disconnect().await {
                             tracing::warn!(socket = %sent.socket_id, error = %e, "could not disconnect a full socket");
                         }
-                        delivered.missed.push((sent, SEND_BUFFER_FULL));
+                        Outcome::Full
                     }
-                    Err(RemoteActionError::Socket(e)) => {
-                        tracing::debug!(event, socket = %sent.socket_id, error = %e, "socket gone before the emit");
-                    }
-                    Err(e) => {
-                        tracing::warn!(event, socket = %sent.socket_id, error = %e, "emit failed");
-                        delivered.missed.push((sent, "emit_failed"));
-                    }
-                }
+                    Err(RemoteActionError::Socket(e)) => Outcome::Gone(e.to_string()),
+                    Err(e) => Outcome::Failed(e.to_string()),
+                };
+                outcome.record(event, sent, &mut delivered);
             }
             delivered
         })
