@@ -78,6 +78,14 @@ impl TokenError {
     }
 }
 
+/// A verified token: who, and its validity period.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub identity: Identity,
+    pub expires_at: Timestamp,
+    pub issued_at: Option<Timestamp>,
+}
+
 /// Verifies tokens with the one algorithm and key the configuration names.
 pub struct Verifier {
     key: DecodingKey,
@@ -123,11 +131,12 @@ impl Verifier {
 
     /// Verifies `token` and reads the identity claims from it.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
-        self.verify_until(token).map(|(identity, _)| identity)
+        self.verify_until(token).map(|verified| verified.identity)
     }
 
-    /// [`Self::verify`], and when the token expires (its `exp`).
-    pub fn verify_until(&self, token: &str) -> Result<(Identity, Timestamp), TokenError> {
+    /// [`Self::verify`], and when the token expires (its `exp`) and was
+    /// issued (its `iat`, when it has one).
+    pub fn verify_until(&self, token: &str) -> Result<Verified, TokenError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(TokenError::Missing);
@@ -154,7 +163,15 @@ impl Verifier {
             }
         }
         let identity = identity_from_claims(&data.claims).map_err(TokenError::Invalid)?;
-        Ok((identity, Timestamp::from_millis(exp.saturating_mul(1000))))
+        Ok(Verified {
+            identity,
+            expires_at: Timestamp::from_millis(exp.saturating_mul(1000)),
+            issued_at: data
+                .claims
+                .get("iat")
+                .and_then(Value::as_i64)
+                .map(|iat| Timestamp::from_millis(iat.saturating_mul(1000))),
+        })
     }
 }
 

@@ -21,6 +21,7 @@ both_databases!(
     slow_loris_connections_are_cut_off,
     sockets_per_user_are_capped,
     a_flood_of_refused_tokens_costs_a_few_bounded_audit_rows,
+    revocation_refuses_the_users_older_tokens,
 );
 
 /// A viewer token signed by the test's key, expiring `ttl_secs` from now.
@@ -446,4 +447,74 @@ async fn a_flood_of_refused_tokens_costs_a_few_bounded_audit_rows(db: Db) {
     // Refusals never block a raise.
     http.raise(&daemon, json!({ "userId": "user-123" }), "During a flood")
         .await;
+}
+
+/// `DELETE /users/{id}/connections` with `refuseFor` also refuses that
+/// user's tokens issued before it (and tokens without `iat`) for that long:
+/// the disconnected user cannot come straight back with the same token,
+/// while a token issued afterwards (a real re-login) works.
+async fn revocation_refuses_the_users_older_tokens(db: Db) {
+    let env = TestEnv::new(db).await;
+    let daemon = env.start().await;
+    let http = Http::default();
+    let clients = Clients::start(&daemon).await;
+    let issued = |iat: i64| {
+        sign(
+            &json!({ "sub": "user-123", "roles": ["radiologist"], "iat": iat, "exp": now_secs() + 3600 }),
+            SECRET,
+        )
+    };
+    let old = issued(now_secs() - 60);
+    clients.connect("viewer", &old).await;
+
+    let url = daemon.api("/users/user-123/connections");
+    for bad in [
+        json!({ "refuseFor": 0 }),
+        json!({ "refuseFor": -5 }),
+        json!({ "refuseFor": "15m" }),
+    ] {
+        let reply = http
+            .send(
+                http.client()
+                    .delete(&url)
+                    .bearer_auth(admin_token())
+                    .json(&bad),
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+    }
+    let revoked = http
+        .send(
+            http.client()
+                .delete(&url)
+                .bearer_auth(admin_token())
+                .json(&json!({ "reason": "token reported stolen", "refuseFor": 60_000 })),
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    assert_eq!(revoked.body["disconnected"], 1);
+    assert!(revoked.body["refusedUntil"].is_string());
+    clients.wait_disconnect("viewer").await;
+
+    let again = clients
+        .connect_with("again", json!({ "auth": { "token": old } }))
+        .await;
+    assert_eq!(again, Err("Authentication token revoked".to_string()));
+    let no_iat = clients
+        .connect_with(
+            "no-iat",
+            json!({ "auth": { "token": token("user-123", &["radiologist"], None) } }),
+        )
+        .await;
+    assert_eq!(no_iat, Err("Authentication token revoked".to_string()));
+    // Someone else is not affected; a token issued after the revocation is.
+    clients
+        .connect("other", &token("user-456", &["radiologist"], None))
+        .await;
+    clients.connect("relogin", &issued(now_secs() + 1)).await;
+    assert_eq!(
+        env.audit_count(Audit::action("admin.disconnect").detail("%refuseFor\":60000%"))
+            .await,
+        1
+    );
 }

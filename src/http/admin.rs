@@ -189,9 +189,16 @@ pub async fn me(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct DisconnectBody {
     reason: Option<String>,
+    /// Milliseconds during which the user's tokens issued before now are
+    /// refused on connect.
+    refuse_for: Option<u64>,
 }
+
+/// The longest `refuseFor`: 30 days.
+const MAX_REFUSE_FOR_MS: u64 = 30 * 86_400_000;
 
 pub async fn disconnect_user(
     State(state): State<AppState>,
@@ -200,14 +207,37 @@ pub async fn disconnect_user(
     OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Json<Value>, ApiError> {
     check_text("userId", &user_id, 256)?;
-    let reason = match body {
-        Some(body) => from_json::<DisconnectBody>(&body)?.reason,
-        None => None,
+    let (reason, refuse_for) = match body {
+        Some(body) => {
+            let body = from_json::<DisconnectBody>(&body)?;
+            (body.reason, body.refuse_for)
+        }
+        None => (None, None),
     };
+    if refuse_for.is_some_and(|ms| ms == 0 || ms > MAX_REFUSE_FOR_MS) {
+        return Err(FieldError::new(
+            "refuseFor",
+            "must be 1 to 2592000000 milliseconds (30 days)",
+        )
+        .into());
+    }
     if let Some(reason) = &reason {
         check_text("reason", reason, MAX_REASON_LEN)?;
     }
     let now = Timestamp::now();
+    if let Some(ms) = refuse_for {
+        // Before the disconnect, so a reconnect racing it is refused too.
+        let mut conn = state.store.conn().await?;
+        crate::store::revocations::revoke(
+            &mut conn,
+            &user_id,
+            now,
+            now.plus(std::time::Duration::from_millis(ms)),
+            &caller.user_id,
+            reason.as_deref(),
+        )
+        .await?;
+    }
     let room = user_room(&user_id);
     if let Some(reason) = &reason {
         // Tell the viewer why before the connection drops.
@@ -226,10 +256,12 @@ pub async fn disconnect_user(
         &AuditEvent::new(Action::AdminDisconnect, now)
             .by(&caller)
             .user(user_id.clone())
-            .detail(json!({ "reason": reason, "sockets": disconnected })),
+            .detail(json!({ "reason": reason, "sockets": disconnected, "refuseFor": refuse_for })),
     )
     .await?;
-    Ok(Json(
-        json!({ "userId": user_id, "disconnected": disconnected }),
-    ))
+    Ok(Json(json!({
+        "userId": user_id,
+        "disconnected": disconnected,
+        "refusedUntil": refuse_for.map(|ms| now.plus(std::time::Duration::from_millis(ms))),
+    })))
 }

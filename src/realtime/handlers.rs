@@ -70,10 +70,10 @@ async fn authenticate<A: Adapter>(
         None => Err(TokenError::Missing),
     };
     match verified {
-        Ok((identity, expires_at)) => {
+        Ok(verified) => {
             socket
                 .extensions
-                .insert(Arc::new(Connection::new(identity, expires_at)));
+                .insert(Arc::new(Connection::new(verified)));
             Ok(())
         }
         Err(refusal) => {
@@ -139,6 +139,30 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
         return Ok(());
     };
     let identity = &connection.identity;
+    // A revoked user's tokens issued before the revocation stay out. If the
+    // database cannot say, the connection is let in (its token is valid,
+    // and a viewer must keep receiving findings through a database blip:
+    // its replay waits for the database); sessions, which carry logoff,
+    // fail closed below.
+    let revoked = async {
+        let mut conn = state.store.conn().await?;
+        crate::store::revocations::revoked_at(&mut conn, &identity.user_id, Timestamp::now()).await
+    }
+    .await;
+    match revoked {
+        Ok(Some(revoked_at))
+            if connection
+                .token_issued_at
+                .is_none_or(|iat| iat < revoked_at) =>
+        {
+            tracing::info!(user = %identity.user_id, "token issued before a revocation; refused");
+            return Err(Refused::Revoked);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(socket = %socket.id, error = %e, "cannot check revocations; letting a valid token in");
+        }
+    }
     crate::escalation::service::remember(&state.escalations, identity).await;
     let admission = match sessions::on_connect(&state.sessions, identity).await {
         Ok(OnConnect::NoSession) => Admission::Admitted,
@@ -196,6 +220,9 @@ pub enum Refused {
     /// The user holds `realtime.max_sockets_per_user` sockets already.
     #[error("Too many connections")]
     TooManyConnections,
+    /// An admin revoked the user's tokens issued before now.
+    #[error("Authentication token revoked")]
+    Revoked,
 }
 
 /// Why the token's session ended, for the `session_expired` event.
@@ -649,10 +676,11 @@ fn reauth<A: Adapter>(
     let connection = connection_of(socket)?;
     let data = payload_object(data, "{ token }")?;
     let token = required_string(&data, "token")?;
-    let (identity, expires_at) = state.verifier.verify_until(token).map_err(|e| match e {
+    let verified = state.verifier.verify_until(token).map_err(|e| match e {
         TokenError::Expired => Error::Expired(e.to_string()),
         _ => Error::Forbidden(e.to_string()),
     })?;
+    let (identity, expires_at) = (verified.identity, verified.expires_at);
     if identity.user_id != connection.identity.user_id
         || identity.roles != connection.identity.roles
         || identity.session_id != connection.identity.session_id

@@ -36,12 +36,20 @@ pub struct Connection {
     pub reauthenticated: tokio::sync::Notify,
     /// Cancelled when the socket disconnects: ends its expiry watch.
     pub gone: tokio_util::sync::CancellationToken,
+    /// The token's `iat`, for revocations ("tokens issued before …").
+    pub token_issued_at: Option<Timestamp>,
 }
 
 impl Connection {
-    pub fn new(identity: crate::auth::Identity, token_expires_at: Timestamp) -> Self {
+    pub fn new(verified: crate::auth::Verified) -> Self {
+        let crate::auth::Verified {
+            identity,
+            expires_at: token_expires_at,
+            issued_at,
+        } = verified;
         Self {
             identity,
+            token_issued_at: issued_at,
             connected_at: Timestamp::now(),
             token_expires_at: std::sync::atomic::AtomicI64::new(token_expires_at.as_millis()),
             reauthenticated: tokio::sync::Notify::new(),

@@ -16,6 +16,7 @@ pub mod escalation;
 pub mod group_commit;
 pub mod notifications;
 pub mod reports;
+pub mod revocations;
 pub mod sessions;
 
 use std::borrow::Cow;
@@ -107,6 +108,7 @@ const MIGRATIONS: &[Embedded] = &[
     migration!(3, "escalation", "0003_escalation.sql"),
     migration!(4, "realtime", "0004_realtime.sql"),
     migration!(5, "audit guards", "0005_audit_guards.sql"),
+    migration!(6, "revocations", "0006_revocations.sql"),
 ];
 
 impl Store {
