@@ -328,43 +328,31 @@ pub struct FindingContent<'a> {
     pub ack_deadline: Timestamp,
 }
 
-impl Notification {
-    pub fn content(&self) -> FindingContent<'_> {
-        FindingContent {
-            id: &self.id,
-            kind: &self.kind,
-            severity: self.severity,
-            title: &self.title,
-            message: self.message.as_deref(),
-            patient_id: self.patient_id.as_deref(),
-            study_id: self.study_id.as_deref(),
-            accession_number: self.accession_number.as_deref(),
-            recipient: &self.recipient,
-            created_by: &self.created_by,
-            created_at: self.created_at,
-            ack_deadline: self.ack_deadline,
+/// `content()` for the stored and the new notification, which name these
+/// fields alike.
+macro_rules! finding_content {
+    ($($kind:ty),*) => {$(
+        impl $kind {
+            pub fn content(&self) -> FindingContent<'_> {
+                FindingContent {
+                    id: &self.id,
+                    kind: &self.kind,
+                    severity: self.severity,
+                    title: &self.title,
+                    message: self.message.as_deref(),
+                    patient_id: self.patient_id.as_deref(),
+                    study_id: self.study_id.as_deref(),
+                    accession_number: self.accession_number.as_deref(),
+                    recipient: &self.recipient,
+                    created_by: &self.created_by,
+                    created_at: self.created_at,
+                    ack_deadline: self.ack_deadline,
+                }
+            }
         }
-    }
+    )*};
 }
-
-impl NewNotification {
-    pub fn content(&self) -> FindingContent<'_> {
-        FindingContent {
-            id: &self.id,
-            kind: &self.kind,
-            severity: self.severity,
-            title: &self.title,
-            message: self.message.as_deref(),
-            patient_id: self.patient_id.as_deref(),
-            study_id: self.study_id.as_deref(),
-            accession_number: self.accession_number.as_deref(),
-            recipient: &self.recipient,
-            created_by: &self.created_by,
-            created_at: self.created_at,
-            ack_deadline: self.ack_deadline,
-        }
-    }
-}
+finding_content!(Notification, NewNotification);
 
 /// SHA-256 (hex) of what a finding said when it was raised: every field a
 /// reviewer relies on, none that changes later (state, acknowledgement).
