@@ -2,7 +2,9 @@
 //! the real daemon (issue #14, first part): a socket never outlives its
 //! token, configured issuer and audience are required, token lifetimes are
 //! bounded, and a session that cannot be checked keeps the door shut.
+//! Each further defence has its own module beside this file.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::time::Duration;
