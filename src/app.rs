@@ -183,7 +183,7 @@ impl Application {
             // Daemons sharing a PostgreSQL database share their rooms through
             // it (LISTEN/NOTIFY), so an emit reaches sockets on every node.
             (Backend::Postgres, None) => {
-                let adapter = crate::realtime::cluster::postgres(&config.database.url)
+                let adapter = crate::realtime::cluster::postgres(&config.database.connect_url())
                     .await
                     .map_err(StoreError::from)?;
                 let (layer, io) = sockets

@@ -16,6 +16,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::severity::Severity;
+use crate::transport_security::{self, Link};
 use crate::validation::{check_event_pattern, check_topic_pattern};
 
 /// Everything readbackd can be told, one struct per TOML section.
@@ -141,6 +142,10 @@ pub struct ClusterConfig {
     /// `redis://host:6379` (Redis 7 or later): daemons share Socket.IO rooms
     /// through Redis. Unset: through PostgreSQL when that is the database.
     pub redis_url: Option<String>,
+    /// Allow `redis://` (no TLS) to a host other than this one. Room
+    /// messages carry findings: refused unless set.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,6 +178,10 @@ pub struct ServerConfig {
     /// How long a drain (SIGTERM) may take before connections are cut.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Serve plain HTTP on an address other than loopback (behind a
+    /// TLS-terminating proxy on another host). Refused unless set.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,6 +214,7 @@ impl Default for ServerConfig {
             header_read_timeout: default_header_read_timeout(),
             tls: None,
             shutdown_timeout: default_shutdown_timeout(),
+            allow_plaintext: false,
         }
     }
 }
@@ -313,6 +323,22 @@ pub struct DatabaseConfig {
     pub url: String,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Allow a PostgreSQL host other than this one without
+    /// `sslmode=require`/`verify-full`. Refused unless set.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+impl DatabaseConfig {
+    /// The URL readback connects with: a PostgreSQL URL that asks for TLS
+    /// verifies the server's certificate and name (`verify-full`).
+    pub fn connect_url(&self) -> String {
+        if self.url.starts_with("sqlite:") {
+            self.url.clone()
+        } else {
+            transport_security::postgres_verified_url(&self.url)
+        }
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -320,6 +346,7 @@ impl Default for DatabaseConfig {
         Self {
             url: default_database_url(),
             max_connections: default_max_connections(),
+            allow_plaintext: false,
         }
     }
 }
@@ -462,6 +489,10 @@ pub struct SmtpConfig {
     /// After this many failed attempts an email is given up (and audited).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Allow a relay other than this host without TLS (`smtps://` or
+    /// `?tls=required`). Refused unless set.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 impl Default for SmtpConfig {
@@ -473,6 +504,7 @@ impl Default for SmtpConfig {
             retry_base: default_retry_base(),
             retry_max: default_retry_max(),
             max_attempts: default_max_attempts(),
+            allow_plaintext: false,
         }
     }
 }
@@ -832,11 +864,63 @@ impl Config {
                 "cluster.redis_url: `{url}` must start with redis:// or rediss://"
             ));
         }
+        for (key, allowed, link) in self.links() {
+            if link == Link::Plaintext && !allowed {
+                problems.push(format!(
+                    "{key}: would travel unencrypted over the network; use TLS (docs/security.md, \
+                     *Transmission security*) or set {}.allow_plaintext = true",
+                    key.split('.').next().unwrap_or(key)
+                ));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError { problems })
         }
+    }
+
+    /// Each configured link: its key, whether plaintext is allowed for it,
+    /// and how it travels.
+    fn links(&self) -> Vec<(&'static str, bool, Link)> {
+        let listen = self.listen_addr().ok().map(|addr| addr.ip());
+        let mut links = vec![(
+            "server.listen",
+            self.server.allow_plaintext,
+            transport_security::listener(listen, self.server.tls.is_some()),
+        )];
+        if self.database.url.starts_with("postgres") {
+            links.push((
+                "database.url",
+                self.database.allow_plaintext,
+                transport_security::postgres(&self.database.url),
+            ));
+        }
+        if let Some(url) = &self.smtp.url {
+            links.push((
+                "smtp.url",
+                self.smtp.allow_plaintext,
+                transport_security::smtp(url),
+            ));
+        }
+        if let Some(url) = &self.cluster.redis_url {
+            links.push((
+                "cluster.redis_url",
+                self.cluster.allow_plaintext,
+                transport_security::redis(url),
+            ));
+        }
+        links
+    }
+
+    /// The links that travel unencrypted over the network because the
+    /// operator allowed it: the daemon names each loudly at start.
+    pub fn plaintext_links(&self) -> Vec<&'static str> {
+        self.links()
+            .into_iter()
+            .filter(|(_, _, link)| *link == Link::Plaintext)
+            .map(|(key, _, _)| key)
+            .collect()
     }
 
     /// The address to bind, resolved from `server.listen`.

@@ -27,6 +27,7 @@ pub mod state;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod transport_security;
 pub mod validation;
 
 pub use app::Application;

@@ -406,6 +406,13 @@ async fn serve(
     config_path: PathBuf,
     logging: &readback::telemetry::Logging,
 ) -> Result<(), ExitCode> {
+    for key in config.plaintext_links() {
+        tracing::warn!(
+            link = key,
+            "PLAINTEXT: {key} carries findings and credentials unencrypted over the network \
+             (allow_plaintext = true); use TLS"
+        );
+    }
     let app = Application::build(config).await.map_err(fail)?;
     let shutdown = CancellationToken::new();
     // Both handlers are in place before READY=1: `systemctl reload` or

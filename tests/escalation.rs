@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -411,30 +411,6 @@ async fn raise_due_in_a_second(daemon: &Daemon) -> String {
         )
         .await;
     raised["id"].as_str().unwrap().to_string()
-}
-
-/// Waits until one line of the daemon's log files contains every needle.
-async fn wait_for_log(logs: &Path, needles: &[&str]) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let found = std::fs::read_dir(logs)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
-            .any(|text| {
-                text.lines()
-                    .any(|line| needles.iter().all(|n| line.contains(n)))
-            });
-        if found {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {needles:?} in the log"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The outbox row of a notification's only email: (state, attempts).

@@ -30,6 +30,7 @@ pub async fn open_store(url: &str) -> Store {
     let store = Store::connect(&DatabaseConfig {
         url: url.to_string(),
         max_connections: 2,
+        ..DatabaseConfig::default()
     })
     .await
     .expect("open");

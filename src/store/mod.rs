@@ -120,7 +120,7 @@ impl Store {
         let (backend, url) = if config.url.starts_with("sqlite:") {
             (Backend::Sqlite, sqlite_url(&config.url)?)
         } else {
-            (Backend::Postgres, config.url.clone())
+            (Backend::Postgres, config.connect_url())
         };
         let options: AnyConnectOptions = url
             .parse()

@@ -118,3 +118,27 @@ pub fn readbackd(args: &[&str]) -> (Option<i32>, String) {
         ),
     )
 }
+
+/// Waits until one line of the daemon's log files contains every needle.
+pub async fn wait_for_log(logs: &Path, needles: &[&str]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let found = std::fs::read_dir(logs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+            .any(|text| {
+                text.lines()
+                    .any(|line| needles.iter().all(|n| line.contains(n)))
+            });
+        if found {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {needles:?} in the log"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

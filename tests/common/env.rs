@@ -85,7 +85,7 @@ impl TestEnv {
         self.dir.path().join("readback.toml")
     }
 
-    fn write_config(&self) -> PathBuf {
+    pub fn write_config(&self) -> PathBuf {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[auth]\njwt_secret = \"{SECRET}\"\nleeway = \"0s\"\n\n\
              [database]\nurl = \"{}\"\n\n[logging]\nlevel = \"{}\"\n{}\n{}\n",
