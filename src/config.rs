@@ -522,16 +522,22 @@ fn default_max_attempts() -> u32 {
     50
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EscalationConfig {
     #[serde(default)]
     pub levels: Vec<EscalationLevelConfig>,
-    /// Put patient id, study id, accession number and the message in emails.
+    /// Put the caller's notification id, patient id, study id, accession
+    /// number and the message in emails.
     #[serde(default)]
     pub include_phi: bool,
-    /// Link in each email; `{id}` is replaced by the notification id, e.g.
-    /// `https://pacs.hospital.example/worklist?notification={id}`.
+    /// Put the title in emails (without `include_phi` too): a PACS whose
+    /// titles may name the patient turns it off.
+    #[serde(default = "default_true")]
+    pub include_title: bool,
+    /// Link in each email; `{reference}` is replaced by readback's reference
+    /// (`RB-42`), `{id}` (with `include_phi` only) by the caller's id, e.g.
+    /// `https://pacs.hospital.example/worklist?readback={reference}`.
     pub link_template: Option<String>,
     /// Repeat the last level this often until someone acknowledges.
     #[serde(default, with = "humantime_serde")]
@@ -544,6 +550,24 @@ pub struct EscalationConfig {
     /// acknowledgement deadline.
     #[serde(default)]
     pub escalate_when_offline: bool,
+}
+
+impl Default for EscalationConfig {
+    fn default() -> Self {
+        Self {
+            levels: Vec::new(),
+            include_phi: false,
+            include_title: true,
+            link_template: None,
+            repeat_every: None,
+            repeat_limit: default_repeat_limit(),
+            escalate_when_offline: false,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_repeat_limit() -> u32 {
@@ -828,6 +852,17 @@ impl Config {
         }
         if realtime.max_topics_per_socket == 0 {
             problems.push("realtime.max_topics_per_socket: must be at least 1".into());
+        }
+        if let Some(template) = &self.escalation.link_template
+            && template.contains("{id}")
+            && !self.escalation.include_phi
+        {
+            problems.push(
+                "escalation.link_template: `{id}` is the caller's id, which may embed an accession \
+                 number or MRN; use `{reference}` (GET /api/v1/notifications/{reference} resolves it) \
+                 or set escalation.include_phi = true"
+                    .into(),
+            );
         }
         if self.escalation.repeat_every.is_some_and(|d| d.is_zero()) {
             problems.push("escalation.repeat_every: must be greater than zero".into());

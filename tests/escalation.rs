@@ -14,7 +14,7 @@ use sqlx::{Executor, Row};
 /// seconds later to the chief.
 fn policy(smtp: &SmtpServer) -> String {
     format!(
-        "{}\n[scheduler]\ntick = \"100ms\"\n\n[escalation]\nlink_template = \"https://pacs.hospital.example/worklist?notification={{id}}\"\n\n\
+        "{}\n[scheduler]\ntick = \"100ms\"\n\n[escalation]\nlink_template = \"https://pacs.hospital.example/worklist?readback={{reference}}\"\n\n\
          [[escalation.levels]]\nafter = \"0s\"\nto = [\"recipient\", \"oncall@hospital.example\"]\n\n\
          [[escalation.levels]]\nafter = \"2s\"\nto = [\"chief@hospital.example\"]\n",
         smtp.config()
@@ -75,6 +75,7 @@ async fn two_levels_send_one_email_per_level_and_address_in_order(db: Db) {
     let raised_at = Instant::now();
     let raised = raise_for_alice(&daemon, &clients).await;
     let id = raised["id"].as_str().unwrap();
+    let reference = raised["reference"].as_str().unwrap();
 
     let level1 = smtp.wait_for(2).await;
     let after_level1 = raised_at.elapsed();
@@ -103,14 +104,18 @@ async fn two_levels_send_one_email_per_level_and_address_in_order(db: Db) {
     assert_eq!(chief.len(), 1);
 
     for mail in &all {
-        assert!(mail.subject.contains(id), "{}", mail.subject);
-        assert!(mail.message_id.contains(id), "{}", mail.message_id);
+        assert!(mail.subject.contains(reference), "{}", mail.subject);
+        assert!(
+            mail.message_id.starts_with(&format!("<{reference}.")),
+            "{}",
+            mail.message_id
+        );
         for phi in ["PAT-4711", "STUDY-0815", "ACC-1234", "pneumothorax"] {
             assert!(!mail.raw.contains(phi), "{phi} in {}", mail.raw);
         }
         assert!(
             mail.raw
-                .contains("https://pacs.hospital.example/worklist?notification=")
+                .contains("https://pacs.hospital.example/worklist?readback=")
         );
     }
     // A few more ticks: nothing else is sent.
@@ -459,7 +464,7 @@ async fn a_crash_after_the_servers_250_resends_with_the_same_message_id(db: Db) 
     // The server has stored the message and holds its 250.
     let first = smtp.wait_for(1).await;
     assert!(
-        first[0].message_id.starts_with(&format!("<{id}.1.")),
+        first[0].message_id.starts_with("<RB-") && first[0].message_id.contains(".1."),
         "{}",
         first[0].message_id
     );
@@ -530,7 +535,7 @@ async fn a_crash_before_the_server_accepts_sends_after_the_lease(db: Db) {
 
     let _daemon = env.start().await;
     let mails = smtp.wait_for(1).await;
-    assert!(mails[0].message_id.starts_with(&format!("<{id}.1.")));
+    assert!(mails[0].message_id.starts_with("<RB-") && mails[0].message_id.contains(".1."));
     sent_once_on_the_second_attempt(&env, &smtp, &id, 1).await;
 }
 
@@ -554,7 +559,7 @@ async fn a_server_that_stops_answering_is_cut_off_after_the_timeout(db: Db) {
     assert!(smtp.mails().is_empty());
     smtp.release_held();
     let mails = smtp.wait_for(1).await;
-    assert!(mails[0].message_id.starts_with(&format!("<{id}.1.")));
+    assert!(mails[0].message_id.starts_with("<RB-") && mails[0].message_id.contains(".1."));
     env.wait_count(
         "SELECT COUNT(*) FROM email_outbox WHERE state = 'sent' AND notification_id = $1",
         &id,

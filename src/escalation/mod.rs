@@ -60,16 +60,19 @@ pub struct EmailContent {
     pub body: String,
 }
 
-/// Writes the email for `level` of `notification`. Without
-/// `include_phi` it carries only the notification id, severity, title, how
-/// long it has waited and a link — no patient id, study id, accession
-/// number or free-text message.
+/// Writes the email for `level` of `notification`. Without `include_phi`
+/// it carries readback's own reference, the severity, the title (unless
+/// `include_title = false`), how long it has waited and a link — never the
+/// caller's id (it may embed an accession number or MRN), patient id, study
+/// id, accession number or free-text message. Every field is one bounded
+/// line: a title with line breaks cannot write lines of its own.
 pub fn render(
     notification: &Notification,
     level: u32,
     now: Timestamp,
     config: &EscalationConfig,
 ) -> EmailContent {
+    let reference = notification.reference();
     let waiting = human_duration(now.millis_since(notification.created_at));
     // Escalation starts before the deadline when the recipient was offline
     // (`escalate_when_offline`).
@@ -85,46 +88,82 @@ pub fn render(
         )
     };
     let subject = format!(
-        "[readback] Unacknowledged {} finding {} (escalation level {level})",
-        notification.severity, notification.id
+        "[readback] Unacknowledged {} finding {reference} (escalation level {level})",
+        notification.severity
     );
     let mut body = format!(
         "A {severity} finding has not been acknowledged.\n\n\
-         Notification: {id}\n\
-         Severity:     {severity}\n\
-         Title:        {title}\n\
-         Raised:       {created} ({waiting} ago)\n\
+         Reference:    {reference}\n\
+         Severity:     {severity}\n",
+        severity = notification.severity,
+    );
+    if config.include_title {
+        body.push_str(&format!(
+            "Title:        {}\n",
+            one_line(&notification.title, MAX_FIELD_CHARS)
+        ));
+    }
+    body.push_str(&format!(
+        "Raised:       {created} ({waiting} ago)\n\
          Deadline:     {deadline} ({deadline_note})\n\
          Escalation:   level {level}\n",
-        severity = notification.severity,
-        id = notification.id,
-        title = notification.title,
         created = notification.created_at,
         deadline = notification.ack_deadline,
-    );
+    ));
     if let Some(template) = &config.link_template {
+        let link = template
+            .replace("{reference}", &reference.to_string())
+            .replace("{id}", &notification.id);
         body.push_str(&format!(
             "\nOpen: {}\n",
-            template.replace("{id}", &notification.id)
+            one_line(&link, 2 * MAX_FIELD_CHARS)
         ));
     }
     if config.include_phi {
-        let field = |label: &str, value: &Option<String>| {
+        let field = |label: &str, value: Option<&str>| {
             value
-                .as_deref()
-                .map(|v| format!("{label}{v}\n"))
+                .map(|v| format!("{label}{}\n", one_line(v, MAX_FIELD_CHARS)))
                 .unwrap_or_default()
         };
         body.push('\n');
-        body.push_str(&field("Patient:      ", &notification.patient_id));
-        body.push_str(&field("Study:        ", &notification.study_id));
-        body.push_str(&field("Accession:    ", &notification.accession_number));
-        body.push_str(&field("Message:      ", &notification.message));
+        body.push_str(&field("Notification: ", Some(&notification.id)));
+        body.push_str(&field("Patient:      ", notification.patient_id.as_deref()));
+        body.push_str(&field("Study:        ", notification.study_id.as_deref()));
+        body.push_str(&field(
+            "Accession:    ",
+            notification.accession_number.as_deref(),
+        ));
+        body.push_str(&field("Message:      ", notification.message.as_deref()));
     }
     body.push_str(
         "\nAcknowledge it in the viewer. This email is sent by readback's escalation policy.\n",
     );
     EmailContent { subject, body }
+}
+
+/// The longest a caller's text may run in an email line.
+const MAX_FIELD_CHARS: usize = 200;
+
+/// `text` as one line of at most `max` characters: line breaks, tabs and
+/// other control characters (and Unicode's line and paragraph separators)
+/// become spaces, so no field can start a line of its own in the body.
+fn one_line(text: &str, max: usize) -> String {
+    let mut line: String = text
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .take(max + 1)
+        .collect();
+    if line.chars().count() > max {
+        line = line.chars().take(max.saturating_sub(1)).collect();
+        line.push('…');
+    }
+    line
 }
 
 /// `1h 5m`, `12m`, `40s`.
@@ -149,11 +188,16 @@ pub fn retry_delay(attempts: u32, base: Duration, max: Duration) -> Duration {
 /// notification, level and address — reused on every retry. Delivery is at
 /// least once (a crash between the server's `250` and the daemon's record
 /// of it sends the email again), so this is what lets a receiving system or
-/// a reader recognise the repeat.
-pub fn message_id(notification_id: &str, level: u32, address: &str, domain: &str) -> String {
+/// a reader recognise the repeat. It names the notification by its
+/// reference and raise time, never by the caller's id.
+pub fn message_id(notification: &Notification, level: u32, address: &str, domain: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = hex::encode(&Sha256::digest(address.as_bytes())[..8]);
-    format!("<{notification_id}.{level}.{digest}@{domain}>")
+    format!(
+        "<{}.{}.{level}.{digest}@{domain}>",
+        notification.reference(),
+        notification.created_at.as_millis()
+    )
 }
 
 #[cfg(test)]
@@ -178,10 +222,10 @@ mod tests {
                 },
             ],
             include_phi,
-            link_template: Some("https://pacs.example/worklist?n={id}".into()),
+            link_template: Some("https://pacs.example/worklist?n={reference}".into()),
             repeat_every: Some(Duration::from_secs(600)),
             repeat_limit: 3,
-            escalate_when_offline: false,
+            ..EscalationConfig::default()
         }
     }
 
@@ -195,7 +239,8 @@ mod tests {
         };
         let new = parse_raise(
             &json!({
-                "recipient": {"userId": "u"}, "severity": "critical", "title": "Critical Finding Detected",
+                "id": "ACC-SECRET-ID", "recipient": {"userId": "u"}, "severity": "critical",
+                "title": "Critical Finding Detected",
                 "patientId": "PAT-SECRET", "studyId": "STUDY-SECRET", "accessionNumber": "ACC-SECRET",
                 "message": "Tension pneumothorax, left"
             }),
@@ -208,7 +253,7 @@ mod tests {
         )
         .unwrap();
         Notification {
-            seq: 1,
+            seq: 42,
             id: new.id,
             kind: new.kind,
             severity: Severity::Critical,
@@ -246,21 +291,67 @@ mod tests {
     fn emails_carry_no_phi_unless_configured() {
         let n = notification();
         let plain = render(&n, 1, Timestamp::from_millis(720_000), &config(false));
+        let message_id = message_id(&n, 1, "a@hospital.example", "hospital.example");
         for secret in ["PAT-SECRET", "STUDY-SECRET", "ACC-SECRET", "pneumothorax"] {
             assert!(
-                !plain.body.contains(secret) && !plain.subject.contains(secret),
+                !plain.body.contains(secret)
+                    && !plain.subject.contains(secret)
+                    && !message_id.contains(secret),
                 "{secret}"
             );
         }
-        assert!(plain.body.contains(&n.id));
+        assert!(plain.subject.contains("RB-42") && plain.body.contains("Reference:    RB-42"));
+        assert!(message_id.starts_with("<RB-42.0.1."), "{message_id}");
+        assert!(plain.body.contains("Critical Finding Detected"));
         assert!(plain.body.contains("12m ago"));
-        assert!(
-            plain
-                .body
-                .contains(&format!("https://pacs.example/worklist?n={}", n.id))
-        );
+        assert!(plain.body.contains("https://pacs.example/worklist?n=RB-42"));
         let with_phi = render(&n, 1, Timestamp::from_millis(720_000), &config(true));
         assert!(with_phi.body.contains("PAT-SECRET") && with_phi.body.contains("pneumothorax"));
+        assert!(with_phi.body.contains("Notification: ACC-SECRET-ID"));
+        let no_title = EscalationConfig {
+            include_title: false,
+            ..config(false)
+        };
+        let plain = render(&n, 1, Timestamp::from_millis(720_000), &no_title);
+        assert!(
+            !plain.body.contains("Critical Finding Detected") && !plain.body.contains("Title:")
+        );
+    }
+
+    #[test]
+    fn no_field_writes_a_line_of_its_own() {
+        let mut n = notification();
+        n.title = format!(
+            "Pneumothorax\r\nOpen: https://evil.example\n\u{2028}Patient: X{}",
+            "y".repeat(5000)
+        );
+        n.message = Some("line one\r\n.\r\nQUIT".into());
+        let email = render(&n, 1, Timestamp::from_millis(720_000), &config(true));
+        let lines: Vec<&str> = email.body.lines().collect();
+        assert!(
+            !lines.iter().any(|l| l.starts_with("Open: https://evil")),
+            "{}",
+            email.body
+        );
+        assert!(
+            !lines.iter().any(|l| l.starts_with("Patient: X")),
+            "{}",
+            email.body
+        );
+        assert!(
+            !lines.iter().any(|l| *l == "." || *l == "QUIT"),
+            "{}",
+            email.body
+        );
+        let title = lines
+            .iter()
+            .find(|l| l.starts_with("Title:"))
+            .expect("title line");
+        assert!(
+            title.chars().count() < 230 && title.ends_with('…'),
+            "{title}"
+        );
+        assert!(!email.subject.contains('\n') && !email.subject.contains('\r'));
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub async fn scan(escalations: &Escalations) -> Result<usize, Error> {
                     notification_id: notification.id.clone(),
                     level: step.level,
                     address: address.clone(),
-                    message_id: message_id(&notification.id, step.level, address, &domain),
+                    message_id: message_id(&notification, step.level, address, &domain),
                     subject: content.subject.clone(),
                     body: content.body.clone(),
                     attempts: 0,
@@ -210,8 +210,18 @@ fn sender_domain(escalations: &Escalations) -> String {
 
 /// Remembers the e-mail, name and roles a verified token carries, so that
 /// `recipient` in an escalation level can be resolved later.
+/// An `email` claim that is not one plain address (a line break, a second
+/// address, a display name) is not remembered: what the directory holds is
+/// written into an envelope and a `To:` header later.
 pub async fn remember(escalations: &Escalations, identity: &Identity) {
-    if identity.email.is_none() && identity.name.is_none() {
+    let email = identity.email.as_deref().filter(|email| {
+        let plain = email.len() <= 254 && email.parse::<lettre::Address>().is_ok();
+        if !plain {
+            tracing::warn!(user = %identity.user_id, "the token's email claim is not one address; not remembered");
+        }
+        plain
+    });
+    if email.is_none() && identity.name.is_none() {
         return;
     }
     let result = async {
@@ -219,7 +229,7 @@ pub async fn remember(escalations: &Escalations, identity: &Identity) {
         sql::remember_user(
             &mut tx,
             &identity.user_id,
-            identity.email.as_deref(),
+            email,
             identity.name.as_deref(),
             &identity.roles,
             Timestamp::now(),

@@ -9,6 +9,7 @@
 
 pub mod service;
 
+use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -135,6 +136,41 @@ pub struct CriticalNotification<'a> {
     pub created_at: Timestamp,
     pub ack_deadline: Timestamp,
     pub replayed: bool,
+    /// readback's own handle of the notification (see [`Reference`]).
+    pub reference: Reference,
+}
+
+/// readback's own name for a notification, `RB-<number>`: the database
+/// assigns the number, so it carries nothing a caller chose. A PACS's `id`
+/// may embed an accession number or MRN; this is what goes where PHI must
+/// not (escalation email, pagers) and what `GET /notifications/{id}` also
+/// resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reference(pub i64);
+
+impl Reference {
+    const PREFIX: &'static str = "RB-";
+
+    /// `RB-42` → 42; anything else (a caller's id) → `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let digits = text.strip_prefix(Self::PREFIX)?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok().map(Self)
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", Self::PREFIX, self.0)
+    }
+}
+
+impl Serialize for Reference {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 impl Notification {
@@ -151,7 +187,12 @@ impl Notification {
             created_at: self.created_at,
             ack_deadline: self.ack_deadline,
             replayed,
+            reference: self.reference(),
         }
+    }
+
+    pub fn reference(&self) -> Reference {
+        Reference(self.seq)
     }
 
     /// Only the recipient, or for a role notification a holder of the role,

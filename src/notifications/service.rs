@@ -9,7 +9,9 @@
 
 use serde_json::{Value, json};
 
-use super::{NewNotification, Notification, RaiseContext, State, finding_digest, parse_raise};
+use super::{
+    NewNotification, Notification, RaiseContext, Reference, State, finding_digest, parse_raise,
+};
 use crate::audit::{Action, AuditEvent};
 use crate::auth::Identity;
 use crate::clock::Timestamp;
@@ -521,11 +523,20 @@ pub struct Trace {
     pub emails: Vec<EmailStatus>,
 }
 
+/// The notification named by its id or by its reference (`RB-42`, from an
+/// escalation email), with its trace. An id wins over a reference.
 pub async fn get(notifications: &Notifications, id: &str) -> Result<Trace, Error> {
     let mut conn = notifications.store.conn().await?;
-    let notification = sql::find(&mut conn, id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("notification {id} not found")))?;
+    let found = match sql::find(&mut conn, id).await? {
+        Some(notification) => Some(notification),
+        None => match Reference::parse(id) {
+            Some(reference) => sql::find_by_seq(&mut conn, reference.0).await?,
+            None => None,
+        },
+    };
+    let notification =
+        found.ok_or_else(|| Error::NotFound(format!("notification {id} not found")))?;
+    let id = notification.id.as_str();
     Ok(Trace {
         deliveries: sql::deliveries(&mut conn, id).await?,
         escalations: escalation_sql::fired_steps(&mut conn, id).await?,

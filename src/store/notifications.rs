@@ -105,6 +105,20 @@ pub async fn find(conn: &mut AnyConnection, id: &str) -> Result<Option<Notificat
     Ok(row.as_ref().map(from_row).transpose()?)
 }
 
+/// The notification readback numbered `seq` (its reference).
+pub async fn find_by_seq(
+    conn: &mut AnyConnection,
+    seq: i64,
+) -> Result<Option<Notification>, StoreError> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM notifications WHERE seq = $1"
+    )))
+    .bind(seq)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.as_ref().map(from_row).transpose()?)
+}
+
 /// The notifications with these ids (those that exist), in no order.
 pub async fn find_many(
     conn: &mut AnyConnection,

@@ -6,6 +6,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod email;
 mod transport;
 
 use std::time::Duration;
