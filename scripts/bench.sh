@@ -5,6 +5,7 @@
 #   docs/bench-latency.md    raise -> viewer receipt latency, release build
 #   docs/bench-audit.md      audit verify on 1M rows, the report on 100k notifications
 #   docs/benchmarks.md       10,000 sockets: memory, latency, raises/s, replay
+#   docs/bench-flood.md      raise latency quiet and under a flood of forged tokens
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/postgres.sh
@@ -74,3 +75,5 @@ before the \`201\`. Receipt = from sending the HTTP request to the
 $rows
 MD
 cat docs/bench-latency.md
+
+scripts/bench-flood.sh
