@@ -88,6 +88,9 @@ enum Command {
         /// Lifetime, e.g. 15m, 1h, 7d.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// The `kid` header, naming the published key (with auth.jwks_url).
+        #[arg(long)]
+        kid: Option<String>,
     },
 }
 
@@ -171,6 +174,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             email,
             name,
             ttl,
+            kid,
         } => {
             let config = load(&config)?;
             let token = mint(
@@ -182,6 +186,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                     email,
                     name,
                     ttl,
+                    key_id: kid,
                 },
             )
             .map_err(|e| {

@@ -6,6 +6,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod jwks;
 
 use std::time::Duration;
 
