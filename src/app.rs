@@ -371,7 +371,7 @@ async fn first_jwks_fetch(
     let fetcher =
         crate::jwks::Fetcher::new(&config.auth, keys, metrics).map_err(StartError::Auth)?;
     let failures = match fetcher.refresh().await {
-        Ok(()) => 0,
+        Ok(_) => 0,
         Err(e) => {
             tracing::error!(
                 error = %e,

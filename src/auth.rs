@@ -254,7 +254,9 @@ impl Verifier {
                     }));
                 };
                 if !key.algorithms.contains(&header.alg) {
-                    return Err(TokenError::Invalid("algorithm not allowed for this key".into()).into());
+                    return Err(
+                        TokenError::Invalid("algorithm not allowed for this key".into()).into(),
+                    );
                 }
                 self.decode(token, &key.key, header.alg)?
             }
@@ -566,8 +568,7 @@ impl JwksKeys {
 /// asymmetric type, with a `kid`, whose `alg` (when given) agrees with its
 /// type. Never a symmetric (`oct`) key.
 fn usable_key(value: &Value, allowed: &[Algorithm]) -> Result<(String, JwksKey), String> {
-    let jwk: Jwk =
-        serde_json::from_value(value.clone()).map_err(|_| "not a JWK".to_string())?;
+    let jwk: Jwk = serde_json::from_value(value.clone()).map_err(|_| "not a JWK".to_string())?;
     let kid = jwk
         .common
         .key_id
@@ -895,5 +896,102 @@ mod tests {
             .unwrap();
         assert_eq!(identity.user_id, "dr-who");
         assert_eq!(identity.session_id.as_deref(), Some("s-9"));
+    }
+
+    fn jwks_config() -> AuthConfig {
+        AuthConfig {
+            jwt_secret: None,
+            jwks_url: Some("https://idp.hospital.example/jwks.json".into()),
+            ..config()
+        }
+    }
+
+    /// A fresh P-256 key and its public JWK (`kid`, `use: sig`).
+    fn ec_key(kid: &str) -> (EncodingKey, Value) {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+        let mut jwk =
+            serde_json::to_value(Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap()).unwrap();
+        jwk["kid"] = json!(kid);
+        jwk["use"] = json!("sig");
+        (key, jwk)
+    }
+
+    fn sign_with(algorithm: Algorithm, kid: &str, key: &EncodingKey) -> String {
+        let mut header = Header::new(algorithm);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, &json!({"sub": "u", "exp": in_an_hour()}), key).unwrap()
+    }
+
+    #[test]
+    fn only_usable_signing_keys_are_taken_from_a_jwks() {
+        let verifier = Verifier::from_config(&jwks_config()).unwrap();
+        let keys = verifier.jwks().unwrap();
+        assert!(!keys.is_loaded());
+        let (key, jwk) = ec_key("ec-1");
+        let (_, mut encryption) = ec_key("enc");
+        encryption["use"] = json!("enc");
+        let (_, mut mislabelled) = ec_key("mislabelled");
+        mislabelled["alg"] = json!("RS256");
+        let (_, mut no_kid) = ec_key("x");
+        no_kid.as_object_mut().unwrap().remove("kid");
+        let (_, mut p384) = ec_key("p384");
+        p384["crv"] = json!("P-384");
+        let secret = "a-shared-secret-of-more-than-32-bytes";
+        let mut oct = serde_json::to_value(
+            Jwk::from_encoding_key(
+                &EncodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        oct["kid"] = json!("shared");
+        let document = json!({ "keys": [jwk, encryption, mislabelled, no_kid, p384, oct, {"kty": "RSA", "kid": "junk"}] });
+        let installed = keys.install(document.to_string().as_bytes()).unwrap();
+        assert_eq!(installed.kids, ["ec-1"]);
+        assert_eq!(installed.skipped.len(), 6, "{:?}", installed.skipped);
+        assert!(installed.changed);
+        assert!(keys.is_loaded());
+
+        assert!(
+            verifier
+                .verify(&sign_with(Algorithm::ES256, "ec-1", &key))
+                .is_ok()
+        );
+        let hs = sign_with(
+            Algorithm::HS256,
+            "shared",
+            &EncodingKey::from_secret(secret.as_bytes()),
+        );
+        assert_eq!(
+            verifier.verify(&hs),
+            Err(TokenError::Invalid("unknown kid".into()))
+        );
+
+        // A document without a usable key changes nothing.
+        assert!(keys.install(br#"{"keys": []}"#).is_err());
+        assert!(keys.install(b"<html>").is_err());
+        assert!(
+            verifier
+                .verify(&sign_with(Algorithm::ES256, "ec-1", &key))
+                .is_ok()
+        );
+        let again = keys.install(json!({ "keys": [ec_key("ec-1").1] }).to_string().as_bytes());
+        assert!(!again.unwrap().changed, "same kids");
+    }
+
+    #[test]
+    fn an_unknown_kid_asks_for_one_fetch_per_cooldown() {
+        let verifier = Verifier::from_config(&jwks_config()).unwrap();
+        let keys = verifier.jwks().unwrap();
+        let first = keys.ask_refresh().expect("the first ask is granted");
+        // Asked again before the fetch started: the same fetch.
+        assert_eq!(keys.ask_refresh().map(|t| t.0), Some(first.0));
+        let fetch = keys.fetch_starting();
+        assert_eq!(fetch.0, first.0);
+        keys.fetch_finished(fetch);
+        // Within the cooldown (30 s): refused at once, no fetch.
+        assert!(keys.ask_refresh().is_none());
     }
 }

@@ -250,7 +250,10 @@ pub struct AuthConfig {
     pub jwks_refresh: Duration,
     /// Least time between two fetches asked for by tokens naming an
     /// unknown `kid`, so made-up `kid`s cannot hammer the identity provider.
-    #[serde(default = "default_jwks_unknown_kid_cooldown", with = "humantime_serde")]
+    #[serde(
+        default = "default_jwks_unknown_kid_cooldown",
+        with = "humantime_serde"
+    )]
     pub jwks_unknown_kid_cooldown: Duration,
     /// Time limit of one fetch; also the longest a login waits for the
     /// fetch its unknown `kid` asked for.
@@ -1037,6 +1040,67 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(exposed.contains("published trial secret"), "{exposed}");
+    }
+
+    #[test]
+    fn a_jwks_url_is_checked() {
+        let jwks = |auth: &str| Config::from_toml(&format!("[auth]\n{auth}\n"));
+        let config = jwks("jwks_url = \"https://idp.hospital.example/jwks.json\"").unwrap();
+        assert_eq!(config.auth.jwks_refresh, Duration::from_secs(300));
+        assert_eq!(
+            config.auth.jwks_algorithms(),
+            [JwtAlgorithm::RS256, JwtAlgorithm::ES256]
+        );
+        // Plain HTTP only to loopback, or when allowed.
+        assert!(jwks("jwks_url = \"http://127.0.0.1:8080/jwks.json\"").is_ok());
+        assert!(jwks("jwks_url = \"http://[::1]:8080/jwks.json\"").is_ok());
+        let plain = jwks("jwks_url = \"http://idp.hospital.example/jwks.json\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            plain.contains("auth.jwks_url: `http://idp.hospital.example/jwks.json` is plain HTTP"),
+            "{plain}"
+        );
+        assert!(
+            jwks(
+                "jwks_url = \"http://idp.hospital.example/jwks.json\"\njwks_allow_plaintext = true"
+            )
+            .is_ok()
+        );
+        let cases = [
+            (
+                "jwks_url = \"https://idp.example/jwks.json\"\njwt_secret = \"0123456789abcdef0123456789abcdef-test\"",
+                "auth: set only one of jwt_secret, jwt_public_key_file and jwks_url",
+            ),
+            (
+                "jwks_url = \"https://idp.example/jwks.json\"\njwks_algorithms = [\"RS256\", \"HS256\"]",
+                "auth.jwks_algorithms: HS256 is never taken from a JWKS",
+            ),
+            (
+                "jwks_url = \"https://idp.example/jwks.json\"\njwt_algorithm = \"HS256\"",
+                "auth.jwks_algorithms: HS256 is never taken from a JWKS",
+            ),
+            (
+                "jwks_url = \"https://idp.example/jwks.json\"\njwks_algorithms = []",
+                "auth.jwks_algorithms: name at least one algorithm",
+            ),
+            (
+                "jwks_url = \"ftp://idp.example/jwks.json\"",
+                "auth.jwks_url: scheme `ftp` is not https",
+            ),
+            (
+                "jwks_url = \"https://idp.example/jwks.json\"\njwks_unknown_kid_cooldown = \"0s\"",
+                "auth.jwks_unknown_kid_cooldown: must be more than 0s",
+            ),
+            (
+                "jwt_secret = \"0123456789abcdef0123456789abcdef-test\"\njwks_algorithms = [\"RS256\"]",
+                "auth.jwks_algorithms: only used with auth.jwks_url",
+            ),
+        ];
+        for (auth, problem) in cases {
+            let error = jwks(auth).unwrap_err().to_string();
+            assert!(error.contains(problem), "{auth}: {error}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::JwksKeys;
+use crate::auth::{Installed, JwksKeys};
 use crate::config::AuthConfig;
 use crate::metrics::Metrics;
 
@@ -95,7 +95,7 @@ impl Fetcher {
 
     /// Fetches the key set once and, when it holds a usable key, verifies
     /// tokens with its keys from now on. Logged and counted either way.
-    pub async fn refresh(&self) -> Result<(), FetchError> {
+    pub async fn refresh(&self) -> Result<Installed, FetchError> {
         let fetch = self.keys.fetch_starting();
         let result = match self.fetch().await {
             Ok(document) => self.keys.install(&document).map_err(FetchError::Invalid),
@@ -108,7 +108,7 @@ impl Fetcher {
         result
     }
 
-    fn report(&self, result: Result<crate::auth::Installed, FetchError>) -> Result<(), FetchError> {
+    fn report(&self, result: Result<Installed, FetchError>) -> Result<Installed, FetchError> {
         match result {
             Ok(installed) => {
                 self.metrics.jwks_refreshed("ok");
@@ -123,7 +123,7 @@ impl Fetcher {
                 if !installed.skipped.is_empty() {
                     tracing::warn!(url = %self.url, skipped = ?installed.skipped, "JWKS keys left out");
                 }
-                Ok(())
+                Ok(installed)
             }
             Err(e) => {
                 self.metrics.jwks_refreshed(e.outcome());
@@ -194,7 +194,7 @@ impl Fetcher {
                     () = shutdown.cancelled() => return,
                     result = self.refresh() => {
                         failures = match result {
-                            Ok(()) => 0,
+                            Ok(_) => 0,
                             Err(_) => failures.saturating_add(1),
                         };
                     }

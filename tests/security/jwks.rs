@@ -186,8 +186,15 @@ async fn tokens_are_verified_with_the_published_key_their_kid_names(db: Db) {
     let http = Http::default();
     let clients = Clients::start(&daemon).await;
 
-    for (name, key) in [("rs256", &rsa), ("ps256", &pss), ("es256", &ec), ("eddsa", &ed)] {
-        clients.connect(name, &key.viewer(&format!("dr-{name}"))).await;
+    for (name, key) in [
+        ("rs256", &rsa),
+        ("ps256", &pss),
+        ("es256", &ec),
+        ("eddsa", &ed),
+    ] {
+        clients
+            .connect(name, &key.viewer(&format!("dr-{name}")))
+            .await;
     }
     let raised = raise(&http, &daemon, &ec.service(), "dr-rs256").await;
     assert_eq!(raised.status, 201, "{}", raised.body);
@@ -286,11 +293,16 @@ async fn a_new_key_is_fetched_at_its_first_use_at_most_once_per_cooldown(db: Db)
     let clients = Clients::start(&daemon).await;
     assert_eq!(server.requests(), 1, "fetched once at start");
 
-    // Not published yet: the daemon looks (one fetch), and refuses.
-    let asked = std::time::Instant::now();
+    // Not published yet: the daemon looks (one fetch), and refuses. It
+    // asked between these two instants.
+    let before = std::time::Instant::now();
     let early = clients
-        .connect_with("early", json!({ "auth": { "token": new.viewer("dr-new") } }))
+        .connect_with(
+            "early",
+            json!({ "auth": { "token": new.viewer("dr-new") } }),
+        )
         .await;
+    let after = std::time::Instant::now();
     assert_eq!(early, Err(REFUSED.to_string()));
     assert_eq!(server.requests(), 2, "one fetch for the unknown kid");
     // More unknown kids within the cooldown: refused without a fetch.
@@ -304,19 +316,31 @@ async fn a_new_key_is_fetched_at_its_first_use_at_most_once_per_cooldown(db: Db)
         let reply = raise(&http, &daemon, &made_up, "dr-new").await;
         assert_eq!(reply.status, 401);
     }
-    assert!(asked.elapsed() < cooldown, "the flood took too long to test the cooldown");
+    assert!(
+        before.elapsed() < cooldown,
+        "the flood took too long to test the cooldown"
+    );
     assert_eq!(server.requests(), 2, "no fetch within the cooldown");
 
     // The identity provider publishes the new key beside the old one.
     server.publish(vec![old.jwk.clone(), new.jwk.clone()]);
-    tokio::time::sleep(cooldown.saturating_sub(asked.elapsed())).await;
+    tokio::time::sleep(cooldown.saturating_sub(after.elapsed())).await;
     clients.connect("new", &new.viewer("dr-new")).await;
     assert_eq!(server.requests(), 3, "one fetch for the new kid");
     let raised = raise(&http, &daemon, &old.service(), "dr-new").await;
-    assert_eq!(raised.status, 201, "the old key still verifies: {}", raised.body);
+    assert_eq!(
+        raised.status, 201,
+        "the old key still verifies: {}",
+        raised.body
+    );
     clients.next_event("new", "critical_notification").await;
     assert_eq!(
-        metric(&http, &daemon, "readback_jwks_refresh_total{outcome=\"ok\"}").await,
+        metric(
+            &http,
+            &daemon,
+            "readback_jwks_refresh_total{outcome=\"ok\"}"
+        )
+        .await,
         3
     );
     assert_eq!(metric(&http, &daemon, "readback_jwks_keys").await, 2);
@@ -345,12 +369,17 @@ async fn a_withdrawn_key_is_refused_after_the_next_periodic_fetch(db: Db) {
     let fetched = server.requests();
     server.wait_requests(fetched + 2).await;
     let after = clients
-        .connect_with("after", json!({ "auth": { "token": old.viewer("dr-old") } }))
+        .connect_with(
+            "after",
+            json!({ "auth": { "token": old.viewer("dr-old") } }),
+        )
         .await;
     assert_eq!(after, Err(REFUSED.to_string()));
     let reply = raise(&http, &daemon, &old.service(), "dr-old").await;
     assert_eq!(reply.status, 401, "{}", reply.body);
-    clients.connect("current", &current.viewer("dr-current")).await;
+    clients
+        .connect("current", &current.viewer("dr-current"))
+        .await;
     let raised = raise(&http, &daemon, &current.service(), "dr-current").await;
     assert_eq!(raised.status, 201, "{}", raised.body);
 }
@@ -387,7 +416,13 @@ async fn a_jwks_server_down_at_start_refuses_logins_until_it_is_back(db: Db) {
     let reply = raise(&http, &daemon, &key.service(), "dr-a").await;
     assert_eq!(reply.status, 401, "{}", reply.body);
     assert!(
-        metric(&http, &daemon, "readback_jwks_refresh_total{outcome=\"unreachable\"}").await >= 1
+        metric(
+            &http,
+            &daemon,
+            "readback_jwks_refresh_total{outcome=\"unreachable\"}"
+        )
+        .await
+            >= 1
     );
 
     server.resume().await;
@@ -404,12 +439,27 @@ async fn a_jwks_server_down_at_start_refuses_logins_until_it_is_back(db: Db) {
     // Down again: a fetch fails (asked for by an unknown kid), the keys
     // fetched before still verify, and the daemon stays ready.
     server.stop().await;
-    let failed = metric(&http, &daemon, "readback_jwks_refresh_total{outcome=\"unreachable\"}").await;
+    let failed = metric(
+        &http,
+        &daemon,
+        "readback_jwks_refresh_total{outcome=\"unreachable\"}",
+    )
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let unknown = TestKey::rsa("nobody", "rsa-b.pem", Algorithm::RS256);
-    assert_eq!(raise(&http, &daemon, &unknown.service(), "dr-a").await.status, 401);
     assert_eq!(
-        metric(&http, &daemon, "readback_jwks_refresh_total{outcome=\"unreachable\"}").await,
+        raise(&http, &daemon, &unknown.service(), "dr-a")
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        metric(
+            &http,
+            &daemon,
+            "readback_jwks_refresh_total{outcome=\"unreachable\"}"
+        )
+        .await,
         failed + 1
     );
     let raised = raise(&http, &daemon, &key.service(), "dr-a").await;
