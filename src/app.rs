@@ -92,8 +92,12 @@ impl Application {
         let store = Store::connect(&config.database).await?;
         store.migrate().await?;
         let verifier = Arc::new(Verifier::from_config(&config.auth).map_err(StartError::Auth)?);
-        let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
+        let jwks = match verifier.jwks() {
+            Some(keys) => Some(first_jwks_fetch(&config, keys, metrics.clone()).await?),
+            None => None,
+        };
+        let config = Arc::new(config);
         let outbox_wake = Arc::new(tokio::sync::Notify::new());
         let scheduler_heartbeat = Arc::new(std::sync::atomic::AtomicI64::new(
             crate::clock::Timestamp::now().as_millis(),
@@ -119,6 +123,9 @@ impl Application {
             stop_writes.clone(),
         );
         let shutdown = CancellationToken::new();
+        if let Some((fetcher, failures)) = jwks {
+            fetcher.spawn(&tasks, shutdown.clone(), failures);
+        }
         let refusals = crate::audit::refusals::Refusals::default();
         refusals.spawn_flusher(
             &tasks,
@@ -349,6 +356,31 @@ impl Application {
         state.store.close().await;
         Ok(())
     }
+}
+
+/// Fetches the JWKS once before serving, so that logins pass from the
+/// first request. A daemon that cannot fetch it still starts — refusing
+/// every login, not ready (`/readyz`), retrying within seconds — since one
+/// that does not start would not escalate findings either. The fetcher,
+/// and how many fetches failed so far.
+async fn first_jwks_fetch(
+    config: &Config,
+    keys: Arc<crate::auth::JwksKeys>,
+    metrics: Arc<Metrics>,
+) -> Result<(crate::jwks::Fetcher, u32), StartError> {
+    let fetcher =
+        crate::jwks::Fetcher::new(&config.auth, keys, metrics).map_err(StartError::Auth)?;
+    let failures = match fetcher.refresh().await {
+        Ok(_) => 0,
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                "auth.jwks_url: no keys at start; every login is refused until a fetch succeeds (retrying)"
+            );
+            1
+        }
+    };
+    Ok((fetcher, failures))
 }
 
 /// Builds the state around a Socket.IO instance of any adapter, attaches

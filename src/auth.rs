@@ -1,15 +1,25 @@
 //! Who is calling: JWT verification and the caller's identity.
 //!
 //! Owns: turning a bearer token into an [`Identity`] (signature always
-//! verified, one configured algorithm, `exp` required, `nbf`/`iss`/`aud`
-//! checked when configured), the three refusal messages of the contract, and
-//! minting tokens for `readbackd token`. Never: decode a token without
-//! verifying it, accept `alg: none`, or let the token header choose the
-//! algorithm.
+//! verified, `exp` required, `nbf`/`iss`/`aud` checked when configured),
+//! the three refusal messages of the contract, the keys tokens are checked
+//! against — one configured key, or the identity provider's published key
+//! set ([`JwksKeys`]: which published keys are usable, and when a token
+//! naming an unknown `kid` may ask for the set again) — and minting tokens
+//! for `readbackd token`. Never: decode a token without verifying it,
+//! accept `alg: none`, let the token header choose an algorithm its key was
+//! not configured for, take a symmetric key from a JWKS, or fetch anything
+//! itself (the fetcher in `jwks.rs` hands it the documents).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -86,47 +96,90 @@ pub struct Verified {
     pub issued_at: Option<Timestamp>,
 }
 
-/// Verifies tokens with the one algorithm and key the configuration names.
+/// Verifies tokens with the configured key, or with the JWKS key their
+/// `kid` names.
 pub struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
+    keys: Keys,
+    /// One per algorithm a key may verify: a single allowed algorithm per
+    /// decode is what defeats algorithm confusion.
+    validations: HashMap<Algorithm, Validation>,
     max_lifetime: Option<Duration>,
+}
+
+enum Keys {
+    /// `jwt_secret` or `jwt_public_key_file`: one key, one algorithm.
+    Fixed {
+        algorithm: Algorithm,
+        key: DecodingKey,
+    },
+    /// `jwks_url`: the published keys, each with its own algorithms.
+    Jwks(Arc<JwksKeys>),
+}
+
+/// A refusal, telling apart a token whose key is not (yet) known: that one
+/// may pass once the key set has been fetched again.
+enum Refusal {
+    Token(TokenError),
+    UnknownKey(&'static str),
+}
+
+impl From<TokenError> for Refusal {
+    fn from(error: TokenError) -> Self {
+        Refusal::Token(error)
+    }
+}
+
+impl From<Refusal> for TokenError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Token(error) => error,
+            Refusal::UnknownKey(reason) => TokenError::Invalid(reason.into()),
+        }
+    }
 }
 
 impl Verifier {
     pub fn from_config(config: &AuthConfig) -> Result<Self, String> {
-        let (algorithm, key) = decoding_key(config)?;
-        // A single allowed algorithm is what defeats algorithm confusion: a
-        // token whose header names any other algorithm (including `none`)
-        // is refused before its signature is looked at.
-        let mut validation = Validation::new(algorithm);
-        validation.algorithms = vec![algorithm];
-        // A configured issuer or audience is required, not merely checked
-        // when present: a token from elsewhere that simply leaves the claim
-        // out must not pass.
-        let mut required = vec!["exp"];
-        if config.issuer.is_some() {
-            required.push("iss");
-        }
-        if config.audience.is_some() {
-            required.push("aud");
-        }
-        validation.set_required_spec_claims(&required);
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.leeway = config.leeway.as_secs();
-        match &config.audience {
-            Some(audience) => validation.set_audience(&[audience]),
-            None => validation.validate_aud = false,
-        }
-        if let Some(issuer) = &config.issuer {
-            validation.set_issuer(&[issuer]);
-        }
+        let (keys, algorithms) = if config.jwks_url.is_some() {
+            // Asymmetric only, whatever the configuration says: a JWKS is
+            // public, so an HMAC "key" from it would let anyone sign.
+            let algorithms: Vec<Algorithm> = config
+                .jwks_algorithms()
+                .into_iter()
+                .map(algorithm)
+                .filter(|a| *a != Algorithm::HS256)
+                .collect();
+            if algorithms.is_empty() {
+                return Err("auth.jwks_algorithms: no asymmetric algorithm".into());
+            }
+            let keys = JwksKeys::new(
+                algorithms.clone(),
+                config.jwks_unknown_kid_cooldown,
+                config.jwks_timeout,
+            );
+            (Keys::Jwks(Arc::new(keys)), algorithms)
+        } else {
+            let (algorithm, key) = decoding_key(config)?;
+            (Keys::Fixed { algorithm, key }, vec![algorithm])
+        };
+        let validations = algorithms
+            .into_iter()
+            .map(|algorithm| (algorithm, validation(config, algorithm)))
+            .collect();
         Ok(Self {
-            key,
-            validation,
+            keys,
+            validations,
             max_lifetime: config.max_token_lifetime,
         })
+    }
+
+    /// The published key set, when tokens are verified against a JWKS: for
+    /// the fetcher to fill, and for readiness.
+    pub fn jwks(&self) -> Option<Arc<JwksKeys>> {
+        match &self.keys {
+            Keys::Jwks(keys) => Some(keys.clone()),
+            Keys::Fixed { .. } => None,
+        }
     }
 
     /// Verifies `token` and reads the identity claims from it.
@@ -135,24 +188,104 @@ impl Verifier {
     }
 
     /// [`Self::verify`], and when the token expires (its `exp`) and was
-    /// issued (its `iat`, when it has one).
+    /// issued (its `iat`, when it has one). Never waits: a token naming a
+    /// JWKS key not known yet is refused, and the key set is asked for
+    /// again (at most once per `auth.jwks_unknown_kid_cooldown`) so that
+    /// the next attempt may pass.
     pub fn verify_until(&self, token: &str) -> Result<Verified, TokenError> {
+        match self.check(token) {
+            Err(Refusal::UnknownKey(reason)) => {
+                if let Keys::Jwks(keys) = &self.keys {
+                    keys.ask_refresh();
+                }
+                Err(TokenError::Invalid(reason.into()))
+            }
+            other => other.map_err(TokenError::from),
+        }
+    }
+
+    /// [`Self::verify_until`] for a login that can wait: a token naming a
+    /// JWKS key not known yet waits (at most `auth.jwks_timeout`) for the
+    /// key set to be fetched again, then is checked once more — so a key
+    /// the identity provider has just published is accepted at its first
+    /// use. When a fetch was asked for less than
+    /// `auth.jwks_unknown_kid_cooldown` ago (and has finished), the token
+    /// is refused at once.
+    pub async fn verify_fetching(&self, token: &str) -> Result<Verified, TokenError> {
+        match self.check(token) {
+            Err(Refusal::UnknownKey(reason)) => {
+                let Keys::Jwks(keys) = &self.keys else {
+                    return Err(TokenError::Invalid(reason.into()));
+                };
+                let Some(fetch) = keys.ask_refresh() else {
+                    return Err(TokenError::Invalid(reason.into()));
+                };
+                keys.fetched(fetch).await;
+                self.check(token).map_err(TokenError::from)
+            }
+            other => other.map_err(TokenError::from),
+        }
+    }
+
+    fn check(&self, token: &str) -> Result<Verified, Refusal> {
         let token = token.trim();
         if token.is_empty() {
-            return Err(TokenError::Missing);
+            return Err(TokenError::Missing.into());
         }
         if token.len() > 16 * 1024 {
-            return Err(TokenError::Invalid("token too long".into()));
+            return Err(TokenError::Invalid("token too long".into()).into());
         }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+        let claims = match &self.keys {
+            Keys::Fixed { algorithm, key } => self.decode(token, key, *algorithm)?,
+            Keys::Jwks(keys) => {
+                // The header is read unverified only to pick the key; the
+                // key then fixes which algorithms may verify it.
+                let header = jsonwebtoken::decode_header(token)
+                    .map_err(|_| TokenError::Invalid("malformed header".into()))?;
+                let kid = header
+                    .kid
+                    .ok_or_else(|| TokenError::Invalid("no kid".into()))?;
+                let set = keys.set.load();
+                let Some(key) = set.keys.get(&kid) else {
+                    return Err(Refusal::UnknownKey(if set.loaded {
+                        "unknown kid"
+                    } else {
+                        "no JWKS keys fetched yet"
+                    }));
+                };
+                if !key.algorithms.contains(&header.alg) {
+                    return Err(
+                        TokenError::Invalid("algorithm not allowed for this key".into()).into(),
+                    );
+                }
+                self.decode(token, &key.key, header.alg)?
+            }
+        };
+        self.read_claims(&claims).map_err(Refusal::Token)
+    }
+
+    fn decode(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        algorithm: Algorithm,
+    ) -> Result<Map<String, Value>, TokenError> {
+        let validation = self
+            .validations
+            .get(&algorithm)
+            .ok_or_else(|| TokenError::Invalid("algorithm not allowed".into()))?;
+        jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
+            .map(|data| data.claims)
             .map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            other => TokenError::Invalid(format!("{other:?}")),
-        })?;
-        let exp = data.claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                other => TokenError::Invalid(format!("{other:?}")),
+            })
+    }
+
+    fn read_claims(&self, claims: &Map<String, Value>) -> Result<Verified, TokenError> {
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
         if let Some(max) = self.max_lifetime {
-            let iat = data
-                .claims
+            let iat = claims
                 .get("iat")
                 .and_then(Value::as_i64)
                 .ok_or_else(|| TokenError::Invalid("no iat claim".into()))?;
@@ -162,16 +295,56 @@ impl Verifier {
                 ));
             }
         }
-        let identity = identity_from_claims(&data.claims).map_err(TokenError::Invalid)?;
+        let identity = identity_from_claims(claims).map_err(TokenError::Invalid)?;
         Ok(Verified {
             identity,
             expires_at: Timestamp::from_millis(exp.saturating_mul(1000)),
-            issued_at: data
-                .claims
+            issued_at: claims
                 .get("iat")
                 .and_then(Value::as_i64)
                 .map(|iat| Timestamp::from_millis(iat.saturating_mul(1000))),
         })
+    }
+}
+
+/// The checks of every token, for one algorithm.
+fn validation(config: &AuthConfig, algorithm: Algorithm) -> Validation {
+    // A single allowed algorithm is what defeats algorithm confusion: a
+    // token whose header names any other algorithm (including `none`) is
+    // refused before its signature is looked at.
+    let mut validation = Validation::new(algorithm);
+    validation.algorithms = vec![algorithm];
+    // A configured issuer or audience is required, not merely checked
+    // when present: a token from elsewhere that simply leaves the claim
+    // out must not pass.
+    let mut required = vec!["exp"];
+    if config.issuer.is_some() {
+        required.push("iss");
+    }
+    if config.audience.is_some() {
+        required.push("aud");
+    }
+    validation.set_required_spec_claims(&required);
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.leeway = config.leeway.as_secs();
+    match &config.audience {
+        Some(audience) => validation.set_audience(&[audience]),
+        None => validation.validate_aud = false,
+    }
+    if let Some(issuer) = &config.issuer {
+        validation.set_issuer(&[issuer]);
+    }
+    validation
+}
+
+fn algorithm(algorithm: JwtAlgorithm) -> Algorithm {
+    match algorithm {
+        JwtAlgorithm::HS256 => Algorithm::HS256,
+        JwtAlgorithm::RS256 => Algorithm::RS256,
+        JwtAlgorithm::PS256 => Algorithm::PS256,
+        JwtAlgorithm::ES256 => Algorithm::ES256,
+        JwtAlgorithm::EdDSA => Algorithm::EdDSA,
     }
 }
 
@@ -185,28 +358,275 @@ fn decoding_key(config: &AuthConfig) -> Result<(Algorithm, DecodingKey), String>
     let path = config
         .jwt_public_key_file
         .as_ref()
-        .ok_or("auth: no jwt_secret or jwt_public_key_file")?;
+        .ok_or("auth: no jwt_secret, jwt_public_key_file or jwks_url")?;
     let pem = std::fs::read(path).map_err(|e| {
         format!(
             "auth.jwt_public_key_file: cannot read {}: {e}",
             path.display()
         )
     })?;
+    let candidates = [
+        (JwtAlgorithm::RS256, DecodingKey::from_rsa_pem(&pem)),
+        (JwtAlgorithm::PS256, DecodingKey::from_rsa_pem(&pem)),
+        (JwtAlgorithm::ES256, DecodingKey::from_ec_pem(&pem)),
+        (JwtAlgorithm::EdDSA, DecodingKey::from_ed_pem(&pem)),
+    ];
+    // The key type decides; `jwt_algorithm` picks between RS256 and PS256
+    // for an RSA key, or pins the type.
     let wanted = config.jwt_algorithm;
-    if wanted != Some(JwtAlgorithm::ES256)
-        && let Ok(key) = DecodingKey::from_rsa_pem(&pem)
-    {
-        return Ok((Algorithm::RS256, key));
-    }
-    if wanted != Some(JwtAlgorithm::RS256)
-        && let Ok(key) = DecodingKey::from_ec_pem(&pem)
-    {
-        return Ok((Algorithm::ES256, key));
+    for (candidate, key) in candidates {
+        if let Ok(key) = key
+            && (wanted == Some(candidate) || wanted.is_none())
+        {
+            return Ok((algorithm(candidate), key));
+        }
     }
     Err(format!(
-        "auth.jwt_public_key_file: {} is not an RSA or P-256 public key in PEM form",
-        path.display()
+        "auth.jwt_public_key_file: {} is not an RSA, P-256 or Ed25519 public key in PEM form{}",
+        path.display(),
+        match wanted {
+            Some(wanted) => format!(" for {wanted:?}"),
+            None => String::new(),
+        }
     ))
+}
+
+/// The keys of the identity provider's JWKS that tokens may be verified
+/// with, swapped whole when a fetch brings a usable set, and the
+/// bookkeeping that lets a token with an unknown `kid` ask for a fetch
+/// without letting made-up `kid`s hammer the identity provider.
+pub struct JwksKeys {
+    set: ArcSwap<KeySet>,
+    /// What `auth.jwks_algorithms` allows.
+    allowed: Vec<Algorithm>,
+    cooldown: Duration,
+    /// The longest a login waits for a fetch it asked for.
+    wait: Duration,
+    demand: Mutex<Demand>,
+    /// Rung when a fetch is wanted before the periodic one.
+    wanted: tokio::sync::Notify,
+    /// The number of the last fetch that finished (successful or not).
+    finished: tokio::sync::watch::Sender<u64>,
+}
+
+/// The fetches asked for by tokens with an unknown `kid`.
+#[derive(Default)]
+struct Demand {
+    /// When the last fetch was asked for (the cooldown runs from here).
+    last_asked: Option<Instant>,
+    /// A fetch was asked for and has not started yet.
+    pending: bool,
+    /// The number of fetches started.
+    started: u64,
+}
+
+/// One usable published key.
+struct JwksKey {
+    key: DecodingKey,
+    /// Its algorithms: the one its `alg` names, else those of its key type
+    /// that `auth.jwks_algorithms` allows.
+    algorithms: Vec<Algorithm>,
+}
+
+#[derive(Default)]
+struct KeySet {
+    keys: HashMap<String, JwksKey>,
+    /// Whether any fetch has succeeded yet.
+    loaded: bool,
+}
+
+/// What a fetched key set brought.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// The `kid`s now usable.
+    pub kids: Vec<String>,
+    /// Published keys left out, each as `kid: why`.
+    pub skipped: Vec<String>,
+    /// Whether the usable `kid`s differ from the previous set's.
+    pub changed: bool,
+}
+
+/// A fetch, to wait for with [`JwksKeys::fetched`].
+#[derive(Debug, Clone, Copy)]
+pub struct FetchTicket(u64);
+
+impl JwksKeys {
+    fn new(allowed: Vec<Algorithm>, cooldown: Duration, wait: Duration) -> Self {
+        Self {
+            set: ArcSwap::from_pointee(KeySet::default()),
+            allowed,
+            cooldown,
+            wait,
+            demand: Mutex::new(Demand::default()),
+            wanted: tokio::sync::Notify::new(),
+            finished: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// Whether a key set has been fetched: until then every token is
+    /// refused.
+    pub fn is_loaded(&self) -> bool {
+        self.set.load().loaded
+    }
+
+    /// Reads a fetched JWKS document and, when it holds at least one
+    /// usable key, verifies tokens with exactly its keys from now on. A
+    /// document without a usable key changes nothing (the previous keys
+    /// stay): it is far likelier a fault than a deliberate revocation of
+    /// every key.
+    pub fn install(&self, document: &[u8]) -> Result<Installed, String> {
+        #[derive(Deserialize)]
+        struct Document {
+            keys: Vec<Value>,
+        }
+        let document: Document = serde_json::from_slice(document)
+            .map_err(|e| format!("not a JWKS document (an object with `keys`): {e}"))?;
+        let mut keys = HashMap::new();
+        let mut skipped = Vec::new();
+        for value in &document.keys {
+            let kid = value.get("kid").and_then(Value::as_str).unwrap_or("?");
+            match usable_key(value, &self.allowed) {
+                Ok((kid, _)) if keys.contains_key(&kid) => {
+                    skipped.push(format!("{kid}: the same kid again"));
+                }
+                Ok((kid, key)) => {
+                    keys.insert(kid, key);
+                }
+                Err(why) => skipped.push(format!("{kid}: {why}")),
+            }
+        }
+        if keys.is_empty() {
+            return Err(format!(
+                "no usable key among {} published ({})",
+                document.keys.len(),
+                skipped.join("; ")
+            ));
+        }
+        let mut kids: Vec<String> = keys.keys().cloned().collect();
+        kids.sort();
+        let previous = self.set.load();
+        let mut before: Vec<&String> = previous.keys.keys().collect();
+        before.sort();
+        let changed = !previous.loaded || before.into_iter().ne(kids.iter());
+        self.set.store(Arc::new(KeySet { keys, loaded: true }));
+        Ok(Installed {
+            kids,
+            skipped,
+            changed,
+        })
+    }
+
+    /// Waits until a fetch is wanted sooner than the periodic one.
+    pub async fn refresh_wanted(&self) {
+        self.wanted.notified().await;
+    }
+
+    /// The fetcher starts a fetch: it serves every request made so far.
+    pub fn fetch_starting(&self) -> FetchTicket {
+        let mut demand = self.demand.lock().unwrap_or_else(PoisonError::into_inner);
+        demand.pending = false;
+        demand.started += 1;
+        FetchTicket(demand.started)
+    }
+
+    /// The fetcher finished `fetch` (whatever its outcome): its waiters
+    /// look again.
+    pub fn fetch_finished(&self, fetch: FetchTicket) {
+        self.finished.send_replace(fetch.0);
+    }
+
+    /// Asks for a fetch because a token named an unknown `kid`, unless one
+    /// was asked for less than the cooldown ago. The fetch to wait for, or
+    /// `None` when a token should be refused at once.
+    fn ask_refresh(&self) -> Option<FetchTicket> {
+        let mut demand = self.demand.lock().unwrap_or_else(PoisonError::into_inner);
+        if !demand.pending {
+            let now = Instant::now();
+            if demand
+                .last_asked
+                .is_some_and(|at| now.duration_since(at) < self.cooldown)
+            {
+                return None;
+            }
+            demand.last_asked = Some(now);
+            demand.pending = true;
+            self.wanted.notify_one();
+        }
+        // The fetch that will start next, not one already under way: that
+        // one may have read the document before the new key was in it.
+        Some(FetchTicket(demand.started + 1))
+    }
+
+    /// Waits (at most `auth.jwks_timeout`) until `fetch` has finished.
+    async fn fetched(&self, fetch: FetchTicket) {
+        let mut finished = self.finished.subscribe();
+        let _ = tokio::time::timeout(self.wait, finished.wait_for(|done| *done >= fetch.0)).await;
+    }
+}
+
+/// A published key readback may verify with: a signing key of an allowed
+/// asymmetric type, with a `kid`, whose `alg` (when given) agrees with its
+/// type. Never a symmetric (`oct`) key.
+fn usable_key(value: &Value, allowed: &[Algorithm]) -> Result<(String, JwksKey), String> {
+    let jwk: Jwk = serde_json::from_value(value.clone()).map_err(|_| "not a JWK".to_string())?;
+    let kid = jwk
+        .common
+        .key_id
+        .clone()
+        .filter(|kid| !kid.is_empty() && kid.len() <= MAX_ID_LEN)
+        .ok_or("no kid")?;
+    if jwk
+        .common
+        .public_key_use
+        .as_ref()
+        .is_some_and(|usage| *usage != PublicKeyUse::Signature)
+    {
+        return Err("not a signing key (use is not sig)".into());
+    }
+    if jwk
+        .common
+        .key_operations
+        .as_ref()
+        .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
+    {
+        return Err("key_ops does not include verify".into());
+    }
+    let family: &[Algorithm] = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => &[Algorithm::RS256, Algorithm::PS256],
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+            &[Algorithm::ES256]
+        }
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            &[Algorithm::EdDSA]
+        }
+        AlgorithmParameters::OctetKey(_) => {
+            return Err("a symmetric key (kty oct) is never taken from a JWKS".into());
+        }
+        _ => return Err("key type or curve not supported".into()),
+    };
+    let mut algorithms: Vec<Algorithm> = family
+        .iter()
+        .copied()
+        .filter(|a| allowed.contains(a))
+        .collect();
+    if let Some(named) = jwk.common.key_algorithm {
+        let named = match named {
+            KeyAlgorithm::RS256 => Algorithm::RS256,
+            KeyAlgorithm::PS256 => Algorithm::PS256,
+            KeyAlgorithm::ES256 => Algorithm::ES256,
+            KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+            other => return Err(format!("alg {other:?} is not supported")),
+        };
+        if !family.contains(&named) {
+            return Err(format!("alg {named:?} does not match the key type"));
+        }
+        algorithms.retain(|a| *a == named);
+    }
+    if algorithms.is_empty() {
+        return Err("its algorithm is not in auth.jwks_algorithms".into());
+    }
+    let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("unusable key: {e}"))?;
+    Ok((kid, JwksKey { key, algorithms }))
 }
 
 /// Reads the contract's claims: user from `sub` else `userId`, roles from
@@ -287,10 +707,12 @@ pub struct TokenRequest {
     pub email: Option<String>,
     pub name: Option<String>,
     pub ttl: Duration,
+    /// The `kid` header: which published key verifies the token (JWKS).
+    pub key_id: Option<String>,
 }
 
 /// Signs a token with the configured key (HS256 secret, or the private key
-/// file for RS256/ES256).
+/// file for RS256, PS256, ES256 or EdDSA).
 pub fn mint(config: &AuthConfig, request: &TokenRequest) -> Result<String, String> {
     let (algorithm, key) = if let Some(secret) = &config.jwt_secret {
         (
@@ -298,19 +720,31 @@ pub fn mint(config: &AuthConfig, request: &TokenRequest) -> Result<String, Strin
             EncodingKey::from_secret(secret.expose_secret().as_bytes()),
         )
     } else {
-        let path = config
-            .jwt_private_key_file
-            .as_ref()
-            .ok_or("auth.jwt_private_key_file is needed to mint RS256/ES256 tokens")?;
+        let path = config.jwt_private_key_file.as_ref().ok_or(
+            "auth.jwt_private_key_file is needed to mint RS256, PS256, ES256 or EdDSA tokens",
+        )?;
         let pem =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if let Ok(key) = EncodingKey::from_rsa_pem(&pem) {
-            (Algorithm::RS256, key)
-        } else {
-            let key = EncodingKey::from_ec_pem(&pem)
-                .map_err(|e| format!("{} is not an RSA or EC private key: {e}", path.display()))?;
-            (Algorithm::ES256, key)
-        }
+        let wanted = config.jwt_algorithm;
+        let candidates = [
+            (JwtAlgorithm::RS256, EncodingKey::from_rsa_pem(&pem)),
+            (JwtAlgorithm::PS256, EncodingKey::from_rsa_pem(&pem)),
+            (JwtAlgorithm::ES256, EncodingKey::from_ec_pem(&pem)),
+            (JwtAlgorithm::EdDSA, EncodingKey::from_ed_pem(&pem)),
+        ];
+        candidates
+            .into_iter()
+            .find_map(|(candidate, key)| {
+                key.ok()
+                    .filter(|_| wanted.is_none_or(|w| w == candidate))
+                    .map(|key| (algorithm(candidate), key))
+            })
+            .ok_or_else(|| {
+                format!(
+                    "{} is not an RSA, P-256 or Ed25519 private key in PEM form",
+                    path.display()
+                )
+            })?
     };
     let now = Timestamp::now().as_millis() / 1000;
     let mut claims = json!({
@@ -338,7 +772,9 @@ pub fn mint(config: &AuthConfig, request: &TokenRequest) -> Result<String, Strin
     if let Some(audience) = &config.audience {
         object.insert("aud".into(), json!(audience));
     }
-    jsonwebtoken::encode(&Header::new(algorithm), &claims, &key).map_err(|e| e.to_string())
+    let mut header = Header::new(algorithm);
+    header.kid.clone_from(&request.key_id);
+    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -358,6 +794,13 @@ mod tests {
             leeway: Duration::from_secs(0),
             max_token_lifetime: None,
             expired_token_grace: Duration::from_secs(30),
+            jwks_url: None,
+            jwks_algorithms: None,
+            jwks_refresh: Duration::from_secs(300),
+            jwks_unknown_kid_cooldown: Duration::from_secs(30),
+            jwks_timeout: Duration::from_secs(5),
+            jwks_max_bytes: 128 * 1024,
+            jwks_allow_plaintext: false,
         }
     }
 
@@ -443,6 +886,7 @@ mod tests {
                 email: None,
                 name: None,
                 ttl: Duration::from_secs(60),
+                key_id: None,
             },
         )
         .unwrap();
@@ -452,5 +896,102 @@ mod tests {
             .unwrap();
         assert_eq!(identity.user_id, "dr-who");
         assert_eq!(identity.session_id.as_deref(), Some("s-9"));
+    }
+
+    fn jwks_config() -> AuthConfig {
+        AuthConfig {
+            jwt_secret: None,
+            jwks_url: Some("https://idp.hospital.example/jwks.json".into()),
+            ..config()
+        }
+    }
+
+    /// A fresh P-256 key and its public JWK (`kid`, `use: sig`).
+    fn ec_key(kid: &str) -> (EncodingKey, Value) {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+        let mut jwk =
+            serde_json::to_value(Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap()).unwrap();
+        jwk["kid"] = json!(kid);
+        jwk["use"] = json!("sig");
+        (key, jwk)
+    }
+
+    fn sign_with(algorithm: Algorithm, kid: &str, key: &EncodingKey) -> String {
+        let mut header = Header::new(algorithm);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, &json!({"sub": "u", "exp": in_an_hour()}), key).unwrap()
+    }
+
+    #[test]
+    fn only_usable_signing_keys_are_taken_from_a_jwks() {
+        let verifier = Verifier::from_config(&jwks_config()).unwrap();
+        let keys = verifier.jwks().unwrap();
+        assert!(!keys.is_loaded());
+        let (key, jwk) = ec_key("ec-1");
+        let (_, mut encryption) = ec_key("enc");
+        encryption["use"] = json!("enc");
+        let (_, mut mislabelled) = ec_key("mislabelled");
+        mislabelled["alg"] = json!("RS256");
+        let (_, mut no_kid) = ec_key("x");
+        no_kid.as_object_mut().unwrap().remove("kid");
+        let (_, mut p384) = ec_key("p384");
+        p384["crv"] = json!("P-384");
+        let secret = "a-shared-secret-of-more-than-32-bytes";
+        let mut oct = serde_json::to_value(
+            Jwk::from_encoding_key(
+                &EncodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        oct["kid"] = json!("shared");
+        let document = json!({ "keys": [jwk, encryption, mislabelled, no_kid, p384, oct, {"kty": "RSA", "kid": "junk"}] });
+        let installed = keys.install(document.to_string().as_bytes()).unwrap();
+        assert_eq!(installed.kids, ["ec-1"]);
+        assert_eq!(installed.skipped.len(), 6, "{:?}", installed.skipped);
+        assert!(installed.changed);
+        assert!(keys.is_loaded());
+
+        assert!(
+            verifier
+                .verify(&sign_with(Algorithm::ES256, "ec-1", &key))
+                .is_ok()
+        );
+        let hs = sign_with(
+            Algorithm::HS256,
+            "shared",
+            &EncodingKey::from_secret(secret.as_bytes()),
+        );
+        assert_eq!(
+            verifier.verify(&hs),
+            Err(TokenError::Invalid("unknown kid".into()))
+        );
+
+        // A document without a usable key changes nothing.
+        assert!(keys.install(br#"{"keys": []}"#).is_err());
+        assert!(keys.install(b"<html>").is_err());
+        assert!(
+            verifier
+                .verify(&sign_with(Algorithm::ES256, "ec-1", &key))
+                .is_ok()
+        );
+        let again = keys.install(json!({ "keys": [ec_key("ec-1").1] }).to_string().as_bytes());
+        assert!(!again.unwrap().changed, "same kids");
+    }
+
+    #[test]
+    fn an_unknown_kid_asks_for_one_fetch_per_cooldown() {
+        let verifier = Verifier::from_config(&jwks_config()).unwrap();
+        let keys = verifier.jwks().unwrap();
+        let first = keys.ask_refresh().expect("the first ask is granted");
+        // Asked again before the fetch started: the same fetch.
+        assert_eq!(keys.ask_refresh().map(|t| t.0), Some(first.0));
+        let fetch = keys.fetch_starting();
+        assert_eq!(fetch.0, first.0);
+        keys.fetch_finished(fetch);
+        // Within the cooldown (30 s): refused at once, no fetch.
+        assert!(keys.ask_refresh().is_none());
     }
 }

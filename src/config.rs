@@ -244,8 +244,38 @@ pub struct AuthConfig {
     pub jwt_public_key_file: Option<PathBuf>,
     /// PEM private key, used only by `readbackd token` with RS256/ES256.
     pub jwt_private_key_file: Option<PathBuf>,
-    /// `HS256`, `RS256` or `ES256`; inferred when absent.
+    /// `HS256`, `RS256`, `PS256`, `ES256` or `EdDSA`; inferred from the key
+    /// file when absent. With `jwks_url`, the one algorithm JWKS keys may
+    /// verify (as `jwks_algorithms = [it]`).
     pub jwt_algorithm: Option<JwtAlgorithm>,
+    /// The identity provider's JSON Web Key Set (`https://…/jwks.json`):
+    /// a token is verified with the published key its `kid` names.
+    pub jwks_url: Option<String>,
+    /// Algorithms JWKS keys may verify (asymmetric only); default
+    /// `RS256` and `ES256`.
+    pub jwks_algorithms: Option<Vec<JwtAlgorithm>>,
+    /// How often the key set is fetched again (keys removed by the
+    /// identity provider stop verifying then).
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// Least time between two fetches asked for by tokens naming an
+    /// unknown `kid`, so made-up `kid`s cannot hammer the identity provider.
+    #[serde(
+        default = "default_jwks_unknown_kid_cooldown",
+        with = "humantime_serde"
+    )]
+    pub jwks_unknown_kid_cooldown: Duration,
+    /// Time limit of one fetch; also the longest a login waits for the
+    /// fetch its unknown `kid` asked for.
+    #[serde(default = "default_jwks_timeout", with = "humantime_serde")]
+    pub jwks_timeout: Duration,
+    /// Largest key set accepted, in bytes.
+    #[serde(default = "default_jwks_max_bytes")]
+    pub jwks_max_bytes: usize,
+    /// Fetch the key set over plain `http://` from a host that is not
+    /// loopback (a key set anyone on the path could replace).
+    #[serde(default)]
+    pub jwks_allow_plaintext: bool,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf` (at most 5 minutes).
@@ -283,7 +313,7 @@ impl AuthConfig {
             (Some(_), None) => return Ok(()),
             (None, Some(file)) => file.clone(),
             (None, None) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-                Some(dir) if self.jwt_public_key_file.is_none() => {
+                Some(dir) if self.jwt_public_key_file.is_none() && self.jwks_url.is_none() => {
                     let credential = PathBuf::from(dir).join("jwt_secret");
                     if !credential.exists() {
                         return Ok(());
@@ -304,8 +334,83 @@ impl AuthConfig {
     }
 }
 
+impl AuthConfig {
+    /// The algorithms JWKS keys may verify: `jwks_algorithms`, else
+    /// `jwt_algorithm`, else RS256 and ES256.
+    pub fn jwks_algorithms(&self) -> Vec<JwtAlgorithm> {
+        match (&self.jwks_algorithms, self.jwt_algorithm) {
+            (Some(list), _) => list.clone(),
+            (None, Some(one)) => vec![one],
+            (None, None) => vec![JwtAlgorithm::RS256, JwtAlgorithm::ES256],
+        }
+    }
+
+    fn check_jwks(&self, url: &str, problems: &mut Vec<String>) {
+        match reqwest::Url::parse(url) {
+            Err(e) => problems.push(format!("auth.jwks_url: `{url}` is not a URL: {e}")),
+            Ok(parsed) => match parsed.scheme() {
+                "https" => {}
+                "http" if is_loopback_host(&parsed) || self.jwks_allow_plaintext => {}
+                "http" => problems.push(format!(
+                    "auth.jwks_url: `{url}` is plain HTTP to a host that is not loopback: anyone on the path could replace the keys; use https:// (or set auth.jwks_allow_plaintext = true)"
+                )),
+                other => problems.push(format!(
+                    "auth.jwks_url: scheme `{other}` is not https"
+                )),
+            },
+        }
+        if self.jwks_algorithms.is_some() && self.jwt_algorithm.is_some() {
+            problems.push("auth: set only one of jwt_algorithm and jwks_algorithms".into());
+        }
+        let algorithms = self.jwks_algorithms();
+        if algorithms.is_empty() {
+            problems.push("auth.jwks_algorithms: name at least one algorithm".into());
+        }
+        if algorithms.contains(&JwtAlgorithm::HS256) {
+            problems.push(
+                "auth.jwks_algorithms: HS256 is never taken from a JWKS (a shared secret is not a public key); use RS256, PS256, ES256 or EdDSA".into(),
+            );
+        }
+        if self.jwks_refresh.is_zero() {
+            problems.push("auth.jwks_refresh: must be more than 0s".into());
+        }
+        if self.jwks_unknown_kid_cooldown.is_zero() {
+            problems.push("auth.jwks_unknown_kid_cooldown: must be more than 0s".into());
+        }
+        if self.jwks_timeout.is_zero() {
+            problems.push("auth.jwks_timeout: must be more than 0s".into());
+        }
+        if self.jwks_max_bytes < 1024 {
+            problems.push("auth.jwks_max_bytes: must be at least 1024".into());
+        }
+    }
+}
+
+/// `localhost`, or an address in 127.0.0.0/8 or `::1`.
+fn is_loopback_host(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or("");
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn default_leeway() -> Duration {
     Duration::from_secs(30)
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_jwks_unknown_kid_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jwks_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_jwks_max_bytes() -> usize {
+    128 * 1024
 }
 fn default_expired_token_grace() -> Duration {
     Duration::from_secs(30)
@@ -606,12 +711,14 @@ pub enum LogRotation {
     Never,
 }
 
-/// The one algorithm tokens must be signed with.
+/// An algorithm tokens may be signed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum JwtAlgorithm {
     HS256,
     RS256,
+    PS256,
     ES256,
+    EdDSA,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -717,14 +824,14 @@ impl Config {
             problems.push("server.max_body_bytes: must be at least 1024".into());
         }
         let auth = &self.auth;
-        match (&auth.jwt_secret, &auth.jwt_public_key_file) {
-            (None, None) => {
-                problems.push("auth: set jwt_secret (HS256) or jwt_public_key_file (RS256/ES256)".into());
+        match (&auth.jwt_secret, &auth.jwt_public_key_file, &auth.jwks_url) {
+            (None, None, None) => {
+                problems.push("auth: set jwt_secret (HS256), jwt_public_key_file (RS256/ES256) or jwks_url".into());
             }
-            (Some(_), Some(_)) => problems.push(
-                "auth: set only one of jwt_secret and jwt_public_key_file, so the accepted algorithm is unambiguous".into(),
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => problems.push(
+                "auth: set only one of jwt_secret, jwt_public_key_file and jwks_url, so the accepted keys are unambiguous".into(),
             ),
-            (Some(secret), None) => {
+            (Some(secret), None, None) => {
                 use secrecy::ExposeSecret;
                 if secret.expose_secret().len() < MIN_SECRET_BYTES {
                     problems.push(format!(
@@ -737,7 +844,7 @@ impl Config {
                     );
                 }
             }
-            (None, Some(file)) => {
+            (None, Some(file), None) => {
                 if let Err(e) = std::fs::metadata(file) {
                     problems.push(format!(
                         "auth.jwt_public_key_file: cannot read {}: {e}",
@@ -745,6 +852,10 @@ impl Config {
                     ));
                 }
             }
+            (None, None, Some(url)) => auth.check_jwks(url, &mut problems),
+        }
+        if auth.jwks_url.is_none() && auth.jwks_algorithms.is_some() {
+            problems.push("auth.jwks_algorithms: only used with auth.jwks_url".into());
         }
         if auth.leeway > MAX_LEEWAY {
             problems.push("auth.leeway: at most 5m".into());
@@ -1048,6 +1159,67 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(exposed.contains("published trial secret"), "{exposed}");
+    }
+
+    #[test]
+    fn a_jwks_url_is_checked() {
+        let jwks = |auth: &str| Config::from_toml(&format!("[auth]\n{auth}\n"));
+        let config = jwks("jwks_url = \"https://idp.hospital.example/jwks.json\"").unwrap();
+        assert_eq!(config.auth.jwks_refresh, Duration::from_secs(300));
+        assert_eq!(
+            config.auth.jwks_algorithms(),
+            [JwtAlgorithm::RS256, JwtAlgorithm::ES256]
+        );
+        // Plain HTTP only to loopback, or when allowed.
+        assert!(jwks("jwks_url = \"http://127.0.0.1:8080/jwks.json\"").is_ok());
+        assert!(jwks("jwks_url = \"http://[::1]:8080/jwks.json\"").is_ok());
+        let plain = jwks("jwks_url = \"http://idp.hospital.example/jwks.json\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            plain.contains("auth.jwks_url: `http://idp.hospital.example/jwks.json` is plain HTTP"),
+            "{plain}"
+        );
+        assert!(
+            jwks(
+                "jwks_url = \"http://idp.hospital.example/jwks.json\"\njwks_allow_plaintext = true"
+            )
+            .is_ok()
+        );
+        let cases = [
+            (
+                "jwks_url = \"https://idp.example/jwks.json\"\njwt_secret = \"0123456789abcdef0123456789abcdef-test\"",
+                "auth: set only one of jwt_secret, jwt_public_key_file and jwks_url",
+            ),
+            (
+                "jwks_url = \"https://idp.example/jwks.json\"\njwks_algorithms = [\"RS256\", \"HS256\"]",
+                "auth.jwks_algorithms: HS256 is never taken from a JWKS",
+            ),
+            (
+                "jwks_url = \"https://idp.example/jwks.json\"\njwt_algorithm = \"HS256\"",
+                "auth.jwks_algorithms: HS256 is never taken from a JWKS",
+            ),
+            (
+                "jwks_url = \"https://idp.example/jwks.json\"\njwks_algorithms = []",
+                "auth.jwks_algorithms: name at least one algorithm",
+            ),
+            (
+                "jwks_url = \"ftp://idp.example/jwks.json\"",
+                "auth.jwks_url: scheme `ftp` is not https",
+            ),
+            (
+                "jwks_url = \"https://idp.example/jwks.json\"\njwks_unknown_kid_cooldown = \"0s\"",
+                "auth.jwks_unknown_kid_cooldown: must be more than 0s",
+            ),
+            (
+                "jwt_secret = \"0123456789abcdef0123456789abcdef-test\"\njwks_algorithms = [\"RS256\"]",
+                "auth.jwks_algorithms: only used with auth.jwks_url",
+            ),
+        ];
+        for (auth, problem) in cases {
+            let error = jwks(auth).unwrap_err().to_string();
+            assert!(error.contains(problem), "{auth}: {error}");
+        }
     }
 
     #[test]

@@ -88,6 +88,9 @@ enum Command {
         /// Lifetime, e.g. 15m, 1h, 7d.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// The `kid` header, naming the published key (with auth.jwks_url).
+        #[arg(long)]
+        kid: Option<String>,
     },
 }
 
@@ -157,6 +160,10 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                     reached.map_err(|e| {
                         eprintln!("readbackd: {}: database.url: {e}", arg.config.display());
                         ExitCode::from(1)
+                    })?;
+                    fetch_jwks(&config).await.map_err(|e| {
+                        eprintln!("readbackd: {}: auth.jwks_url: {e}", arg.config.display());
+                        ExitCode::from(1)
                     })
                 })?;
             }
@@ -171,6 +178,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             email,
             name,
             ttl,
+            kid,
         } => {
             let config = load(&config)?;
             let token = mint(
@@ -182,6 +190,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                     email,
                     name,
                     ttl,
+                    key_id: kid,
                 },
             )
             .map_err(|e| {
@@ -386,6 +395,20 @@ fn audit(command: AuditCommand) -> Result<(), ExitCode> {
 
 fn plural(count: u64, one: &str, many: &str) -> String {
     format!("{count} {}", if count == 1 { one } else { many })
+}
+
+/// `check-config --connect`: the JWKS, when configured, is fetched and
+/// holds a usable key.
+async fn fetch_jwks(config: &Config) -> Result<(), String> {
+    let verifier = readback::auth::Verifier::from_config(&config.auth)?;
+    let Some(keys) = verifier.jwks() else {
+        return Ok(());
+    };
+    let metrics = std::sync::Arc::new(readback::metrics::Metrics::default());
+    let fetcher = readback::jwks::Fetcher::new(&config.auth, keys, metrics)?;
+    let installed = fetcher.refresh().await.map_err(|e| e.to_string())?;
+    println!("auth.jwks_url: usable keys {}", installed.kids.join(", "));
+    Ok(())
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub connected_sockets: Gauge,
     pub messages_sent: Counter,
     post_commit_failures: Family<Labels, Counter>,
+    jwks_refreshes: Family<Labels, Counter>,
+    /// Keys of the identity provider's JWKS tokens may be verified with.
+    pub jwks_keys: Gauge,
 }
 
 impl Default for Metrics {
@@ -36,6 +39,18 @@ impl Default for Metrics {
         let connected_sockets = Gauge::default();
         let messages_sent = Counter::default();
         let post_commit_failures = Family::<Labels, Counter>::default();
+        let jwks_refreshes = Family::<Labels, Counter>::default();
+        let jwks_keys = Gauge::default();
+        registry.register(
+            "jwks_refresh",
+            "Fetches of the identity provider's JWKS, by outcome",
+            jwks_refreshes.clone(),
+        );
+        registry.register(
+            "jwks_keys",
+            "Usable keys of the identity provider's JWKS",
+            jwks_keys.clone(),
+        );
         registry.register(
             "post_commit_failures",
             "Steps after a committed change that failed (the change stands), by step",
@@ -86,6 +101,8 @@ impl Default for Metrics {
             connected_sockets,
             messages_sent,
             post_commit_failures,
+            jwks_refreshes,
+            jwks_keys,
         }
     }
 }
@@ -107,6 +124,14 @@ impl Metrics {
     pub fn post_commit_failed(&self, step: &'static str) {
         self.post_commit_failures
             .get_or_create(&vec![("step", step)])
+            .inc();
+    }
+
+    /// A JWKS fetch ended: `ok`, `unreachable`, `http_status`,
+    /// `too_large` or `invalid`.
+    pub fn jwks_refreshed(&self, outcome: &'static str) {
+        self.jwks_refreshes
+            .get_or_create(&vec![("outcome", outcome)])
             .inc();
     }
 

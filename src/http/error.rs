@@ -30,6 +30,9 @@ pub enum ApiError {
     NoRoute,
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
+    /// `/readyz`: the daemon cannot serve its callers yet.
+    #[error("not ready: {0}")]
+    NotReady(String),
 }
 
 impl From<FieldError> for ApiError {
@@ -61,6 +64,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -73,6 +77,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::NoRoute => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::NotReady(_) => "not_ready",
         }
     }
 }

@@ -70,7 +70,11 @@ impl<R: Roles> FromRequestParts<AppState> for Authorized<R> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let verified = match token {
-            Some(token) => state.verifier.verify(token),
+            Some(token) => state
+                .verifier
+                .verify_fetching(token)
+                .await
+                .map(|verified| verified.identity),
             None => Err(TokenError::Missing),
         };
         let path = parts.uri.path().to_string();

@@ -14,9 +14,15 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the database answers.
+/// Ready when the database answers and, with `auth.jwks_url`, a key set
+/// has been fetched (until then every login is refused).
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.ping().await?;
+    if state.verifier.jwks().is_some_and(|keys| !keys.is_loaded()) {
+        return Err(ApiError::NotReady(
+            "no keys fetched from auth.jwks_url yet".into(),
+        ));
+    }
     Ok(Json(json!({ "status": "ready" })))
 }
 

@@ -66,7 +66,7 @@ async fn authenticate<A: Adapter>(
         .is_some_and(|a| a.to_string().len() > MAX_HANDSHAKE_AUTH_BYTES);
     let verified = match token_from_handshake(&socket, auth.as_ref()) {
         _ if oversized => Err(TokenError::Invalid("handshake auth too large".into())),
-        Some(token) => state.verifier.verify_until(&token),
+        Some(token) => state.verifier.verify_fetching(&token).await,
         None => Err(TokenError::Missing),
     };
     match verified {

@@ -32,6 +32,11 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub database_url: String,
     extra_config: String,
+    /// The keys of the `[auth]` table that name how tokens are verified
+    /// (the harness's HS256 secret unless a story says otherwise, e.g.
+    /// `jwks_url = …`): the table is written here, so `extra` cannot add
+    /// to it.
+    pub auth: String,
     /// `logging.level` written to the config file.
     pub log_level: String,
     /// Further keys of the `[logging]` table (`dir`, `retention`...): the
@@ -58,6 +63,7 @@ impl TestEnv {
             dir,
             database_url,
             extra_config: extra.to_string(),
+            auth: format!("jwt_secret = \"{SECRET}\""),
             log_level: "readback=debug,info".into(),
             logging: String::new(),
             redis: None,
@@ -87,9 +93,9 @@ impl TestEnv {
 
     pub fn write_config(&self) -> PathBuf {
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[auth]\njwt_secret = \"{SECRET}\"\nleeway = \"0s\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[auth]\n{}\nleeway = \"0s\"\n\n\
              [database]\nurl = \"{}\"\n\n[logging]\nlevel = \"{}\"\n{}\n{}\n",
-            self.database_url, self.log_level, self.logging, self.extra_config
+            self.auth, self.database_url, self.log_level, self.logging, self.extra_config
         );
         let path = self.config_path();
         std::fs::write(&path, text).expect("write config");

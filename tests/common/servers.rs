@@ -1,12 +1,17 @@
 //! The servers a daemon talks to besides its database, each a real one on
 //! a free loopback port, stoppable and resumable on the same port to play
-//! an outage: SMTP (aiosmtpd) for escalation, Redis for scale-out.
+//! an outage: SMTP (aiosmtpd) for escalation, Redis for scale-out, and the
+//! identity provider's JWKS endpoint.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
 
 use super::WAIT;
 
@@ -181,6 +186,101 @@ impl RedisServer {
             "[cluster]\nredis_url = \"redis://127.0.0.1:{}\"\n",
             self.port
         )
+    }
+}
+
+/// An identity provider's JWKS endpoint (axum, in the test process):
+/// `GET /jwks.json` answers the key set the test last published, and
+/// every request is counted.
+pub struct JwksServer {
+    pub port: u16,
+    keys: Arc<Mutex<Value>>,
+    requests: Arc<AtomicUsize>,
+    running: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl JwksServer {
+    /// Serving `keys` (JWKs).
+    pub async fn start(keys: Vec<Value>) -> Self {
+        let mut server = Self::stopped(keys);
+        server.resume().await;
+        server
+    }
+
+    /// Publishing `keys` once started, on a port reserved now, but not
+    /// serving yet: an identity provider that is down.
+    pub fn stopped(keys: Vec<Value>) -> Self {
+        Self {
+            port: free_port(),
+            keys: Arc::new(Mutex::new(json!({ "keys": keys }))),
+            requests: Arc::new(AtomicUsize::new(0)),
+            running: None,
+        }
+    }
+
+    /// Starts (again) on the same port.
+    pub async fn resume(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind the JWKS server's port");
+        let (keys, requests) = (self.keys.clone(), self.requests.clone());
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let (keys, requests) = (keys.clone(), requests.clone());
+                async move {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(keys.lock().unwrap().clone())
+                }
+            }),
+        );
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { signal.cancelled().await })
+                .await
+                .expect("serve the JWKS");
+        });
+        self.running = Some((stop, task));
+    }
+
+    /// Stops serving: connections are refused until `resume`.
+    pub async fn stop(&mut self) {
+        if let Some((stop, task)) = self.running.take() {
+            stop.cancel();
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("the JWKS server did not stop in time")
+                .unwrap();
+        }
+    }
+
+    /// From now on, serves these keys.
+    pub fn publish(&self, keys: Vec<Value>) {
+        *self.keys.lock().unwrap() = json!({ "keys": keys });
+    }
+
+    /// How many times the key set was fetched.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/jwks.json", self.port)
+    }
+
+    /// Waits until the key set has been fetched `count` times in all.
+    pub async fn wait_requests(&self, count: usize) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while self.requests() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out: the JWKS was fetched {} times, waited for {count}",
+                self.requests()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
