@@ -30,6 +30,15 @@ pub enum ApiError {
     NoRoute,
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
+    /// A client address over one of its connection caps.
+    #[error("{0}")]
+    TooManyConnections(String),
+    /// Not answered within `server.request_timeout`.
+    #[error(
+        "the request was not answered within server.request_timeout ({}); it may or may not have taken effect: retry it (a raise with the same Idempotency-Key is not raised twice)",
+        humantime::format_duration(*.0)
+    )]
+    TimedOut(std::time::Duration),
 }
 
 impl From<FieldError> for ApiError {
@@ -61,6 +70,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TimedOut(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -73,6 +84,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::NoRoute => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::TooManyConnections(_) => "too_many_connections",
+            ApiError::TimedOut(_) => "request_timeout",
         }
     }
 }
@@ -110,6 +123,9 @@ impl IntoResponse for ApiError {
             }
             StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }
