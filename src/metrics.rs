@@ -23,6 +23,7 @@ pub struct Metrics {
     pub connected_sockets: Gauge,
     pub messages_sent: Counter,
     post_commit_failures: Family<Labels, Counter>,
+    connections_refused: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -36,6 +37,12 @@ impl Default for Metrics {
         let connected_sockets = Gauge::default();
         let messages_sent = Counter::default();
         let post_commit_failures = Family::<Labels, Counter>::default();
+        let connections_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections, Engine.IO handshakes and requests refused over a per-address cap, by cap",
+            connections_refused.clone(),
+        );
         registry.register(
             "post_commit_failures",
             "Steps after a committed change that failed (the change stands), by step",
@@ -86,6 +93,7 @@ impl Default for Metrics {
             connected_sockets,
             messages_sent,
             post_commit_failures,
+            connections_refused,
         }
     }
 }
@@ -107,6 +115,15 @@ impl Metrics {
     pub fn post_commit_failed(&self, step: &'static str) {
         self.post_commit_failures
             .get_or_create(&vec![("step", step)])
+            .inc();
+    }
+
+    /// A refusal over a per-address cap: `connections` (TCP connections or
+    /// Engine.IO sessions), `pending` (sessions waiting to authenticate) or
+    /// `requests` (API requests in flight behind a proxy).
+    pub fn connection_refused(&self, cap: &'static str) {
+        self.connections_refused
+            .get_or_create(&vec![("cap", cap)])
             .inc();
     }
 

@@ -35,6 +35,7 @@ use tower_http::add_extension::AddExtension;
 use super::error::ApiError;
 use crate::client_addr::{AddressSlots, SessionPlaces, Slot, TrustedProxies};
 use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 
 /// The caps, the trusted proxies and what each address holds; cheap to
 /// clone.
@@ -51,10 +52,11 @@ pub struct Limits {
     unauthenticated: AddressSlots,
     /// API requests in flight from clients behind a trusted proxy.
     requests: AddressSlots,
+    metrics: Arc<Metrics>,
 }
 
 impl Limits {
-    pub fn from_config(server: &ServerConfig) -> Self {
+    pub fn from_config(server: &ServerConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             proxies: Arc::new(TrustedProxies::new(
                 server.trusted_proxies.clone(),
@@ -66,10 +68,14 @@ impl Limits {
             sessions: AddressSlots::default(),
             unauthenticated: AddressSlots::default(),
             requests: AddressSlots::default(),
+            metrics,
         }
     }
 
-    fn over_cap(&self, client: IpAddr) -> ApiError {
+    /// The refusal of a connection, session or request over the cap
+    /// `cap` (as the metric names it).
+    fn over_cap(&self, client: IpAddr, cap: &'static str) -> ApiError {
+        self.metrics.connection_refused(cap);
         ApiError::TooManyConnections(format!(
             "too many connections from {client} (server.max_connections_per_ip = {}); close one or retry later",
             self.per_address
@@ -81,11 +87,12 @@ impl Limits {
         let session = self
             .sessions
             .try_take(client, self.per_address)
-            .ok_or_else(|| self.over_cap(client))?;
+            .ok_or_else(|| self.over_cap(client, "connections"))?;
         let waiting = self
             .unauthenticated
             .try_take(client, self.pending_per_address)
             .ok_or_else(|| {
+                self.metrics.connection_refused("pending");
                 ApiError::TooManyConnections(format!(
                     "too many sessions from {client} waiting to authenticate (server.max_pending_sessions_per_ip = {}); retry later",
                     self.pending_per_address
@@ -231,7 +238,7 @@ pub async fn admit(State(limits): State<Limits>, mut request: Request, next: Nex
         .get::<Accepted>()
         .is_some_and(|accepted| accepted.over_cap)
     {
-        let mut response = limits.over_cap(client.ip).into_response();
+        let mut response = limits.over_cap(client.ip, "connections").into_response();
         // The connection itself is over the cap: not kept for another try.
         response
             .headers_mut()
@@ -257,7 +264,7 @@ pub async fn admit(State(limits): State<Limits>, mut request: Request, next: Nex
     let _in_flight = match client.proxy {
         Some(_) => match limits.requests.try_take(client.ip, limits.per_address) {
             Some(slot) => Some(slot),
-            None => return limits.over_cap(client.ip).into_response(),
+            None => return limits.over_cap(client.ip, "requests").into_response(),
         },
         None => None,
     };

@@ -119,9 +119,17 @@ async fn connections_per_address_are_capped(db: Db) {
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["code"], "too_many_connections", "{body}");
 
-    // Others are served meanwhile.
+    // Others are served meanwhile; the refusals are counted for operators.
     let other = Http::from_address(ip("127.0.0.3"));
     assert_eq!(other.send(other.client().get(&health)).await.status, 200);
+    let metrics = other
+        .send(other.client().get(format!("{}/metrics", daemon.url)))
+        .await;
+    let metrics = metrics.body.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains("readback_connections_refused_total{cap=\"connections\"} 2"),
+        "{metrics}"
+    );
     let clients = Clients::start(&daemon).await;
     clients.connect("elsewhere", &viewer("viewer-9")).await;
     clients.barrier("elsewhere").await;
