@@ -80,7 +80,7 @@ fn refused_handshake(error: tokio_tungstenite::tungstenite::Error) -> (u16, Valu
             let body = response
                 .body()
                 .as_deref()
-                .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null))
+                .and_then(|b| serde_json::from_slice(b).ok())
                 .unwrap_or(Value::Null);
             (response.status().as_u16(), body)
         }
