@@ -143,7 +143,8 @@ impl AddressSlots {
     }
 
     /// How many places `ip` holds.
-    pub fn held_by(&self, ip: IpAddr) -> usize {
+    #[cfg(test)]
+    fn held_by(&self, ip: IpAddr) -> usize {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         held.get(&ip).copied().unwrap_or(0)
     }
