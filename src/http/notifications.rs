@@ -80,8 +80,8 @@ pub async fn raise(
     Ok((status, Json(view(&trace.notification, Some(&trace)))))
 }
 
-/// A read of PHI: audited (counted per reader and window, off the
-/// request's path to the database).
+/// A read of PHI: audited — counted in memory and written once per
+/// `audit.read_window`, so the read waits for no audit write.
 pub async fn get(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<Reader>,
