@@ -17,8 +17,9 @@ runs it so). The layers, lowest first — a file may use files of its own
 layer or below, never above:
 
   0 leaf      config, auth, clock, validation, severity, metrics,
-              telemetry, transport_security, realtime/rooms; the primitives among them (all
-              but auth and telemetry, which read config) use only each other
+              telemetry, transport_security, realtime/rooms, client_addr; the
+              primitives among them (all but auth and telemetry, which read
+              config) use only each other
   1 domain    the vocabulary and rules of each concept: notifications,
               sessions, escalation, audit (mod.rs files), audit/checkpoint;
               the socket facade the services use (realtime/hub.rs)
@@ -41,13 +42,14 @@ LAYERS = {
     "config.rs": 0, "auth.rs": 0, "clock.rs": 0, "validation.rs": 0,
     "severity.rs": 0, "metrics.rs": 0, "telemetry.rs": 0,
     "realtime/rooms.rs": 0, "realtime/events.rs": 0, "transport_security.rs": 0,
+    "client_addr.rs": 0,
     "realtime/hub.rs": 1,
     "notifications/mod.rs": 1, "sessions/mod.rs": 1, "escalation/mod.rs": 1,
     "audit/mod.rs": 1, "audit/checkpoint.rs": 1,
     "store/": 2,
     "error.rs": 3, "notifications/service.rs": 3, "sessions/service.rs": 3,
     "escalation/service.rs": 3, "escalation/mailer.rs": 3,
-    "audit/review.rs": 3, "audit/refusals.rs": 3, "scheduler.rs": 3, "supervisor.rs": 3,
+    "audit/review.rs": 3, "audit/refusals.rs": 3, "audit/reads.rs": 3, "scheduler.rs": 3, "supervisor.rs": 3,
     "jwks.rs": 3,
     "realtime/mod.rs": 3, "realtime/socketio.rs": 3, "realtime/topics.rs": 3, "realtime/messages.rs": 3,
     "http/": 4, "realtime/handlers.rs": 4, "realtime/cluster.rs": 4, "state.rs": 4, "shutdown.rs": 4,
@@ -56,7 +58,7 @@ LAYERS = {
 NAMES = ["leaf", "domain", "store", "service", "edge", "root"]
 # The primitives: they may use each other and nothing else of readback's.
 ISOLATED = {"config.rs", "clock.rs", "validation.rs", "severity.rs", "realtime/events.rs",
-            "metrics.rs", "realtime/rooms.rs", "transport_security.rs"}
+            "metrics.rs", "realtime/rooms.rs", "transport_security.rs", "client_addr.rs"}
 
 
 def layer_of(rel):

@@ -10,7 +10,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
@@ -25,6 +24,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::escalation::mailer::{Mailer, Outbox};
 use crate::escalation::service::Escalations;
+use crate::http::limits::{CappedAcceptor, Limits};
 use crate::metrics::Metrics;
 use crate::notifications::service::Notifications;
 use crate::realtime::{self, Hub};
@@ -68,6 +68,8 @@ pub struct Application {
     stop_writes: CancellationToken,
     /// The certificate served, when `server.tls` is set; SIGHUP reloads it.
     tls: Option<RustlsConfig>,
+    /// The per-address caps, shared by the acceptor and the middleware.
+    limits: Limits,
 }
 
 impl Application {
@@ -133,6 +135,13 @@ impl Application {
             config.audit.refusal_window,
             stop_writes.clone(),
         );
+        let reads = crate::audit::reads::Reads::default();
+        reads.spawn_flusher(
+            &tasks,
+            store.clone(),
+            config.audit.read_window,
+            stop_writes.clone(),
+        );
         let state_for = |hub: Hub| {
             let escalations = Escalations {
                 config: config.clone(),
@@ -164,6 +173,7 @@ impl Application {
                 escalations,
                 tasks: tasks.clone(),
                 refusals: refusals.clone(),
+                reads: reads.clone(),
             }
         };
         let (router, state) = match (store.backend(), &config.cluster.redis_url) {
@@ -203,7 +213,16 @@ impl Application {
                 (router, state)
             }
         };
-        let router = router.layer(crate::http::cors(&state.config.server.cors_origins));
+        let limits = Limits::from_config(&state.config.server, state.metrics.clone());
+        // Outermost but for CORS (so a refusal still carries CORS headers):
+        // every request, Socket.IO's included, gets its client address and
+        // meets the caps first.
+        let router = router
+            .layer(axum::middleware::from_fn_with_state(
+                limits.clone(),
+                crate::http::limits::admit,
+            ))
+            .layer(crate::http::cors(&state.config.server.cors_origins));
         let addr = listener
             .local_addr()
             .map(|a| a.to_string())
@@ -230,6 +249,7 @@ impl Application {
             shutdown,
             stop_writes,
             tls,
+            limits,
         })
     }
 
@@ -305,32 +325,33 @@ impl Application {
                 drain(&state, &handle).await;
             })
         };
-        // Small frames (a notification, an ack) go out at once instead of
-        // waiting for the peer's delayed ACK (Nagle).
         let header_read_timeout = state.config.server.header_read_timeout;
         let mut server = axum_server::from_tcp(self.listener)?
             .handle(handle)
             // Slow-loris: a connection that does not deliver a request's
             // headers in time is closed instead of held open.
             .first_request_timeout(header_read_timeout);
+        // hyper runs the same timer while a keep-alive connection waits
+        // for its next request: it is also the idle timeout.
         server
             .http_builder()
             .http1()
             .header_read_timeout(header_read_timeout);
-        // The peer address reaches handlers (refusals are counted per
-        // source).
+        // The peer address reaches the middleware that resolves the client
+        // address.
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
+        // Each peer's connections are counted while open; small frames (a
+        // notification, an ack) go out at once instead of waiting for the
+        // peer's delayed ACK (Nagle).
+        let acceptor = CappedAcceptor::new(self.limits);
         match self.tls {
             None => {
-                server
-                    .acceptor(NoDelayAcceptor::new())
-                    .serve(service)
-                    .await?;
+                server.acceptor(acceptor).serve(service).await?;
             }
             Some(rustls) => {
-                let acceptor = RustlsAcceptor::new(rustls).acceptor(NoDelayAcceptor::new());
+                let acceptor = RustlsAcceptor::new(rustls).acceptor(acceptor);
                 server.acceptor(acceptor).serve(service).await?;
             }
         }

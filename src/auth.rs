@@ -47,6 +47,10 @@ pub struct Identity {
     pub session_id: Option<String>,
     pub email: Option<String>,
     pub name: Option<String>,
+    /// Where the caller is (the client address the edge resolved, proxy-
+    /// aware): recorded in the audit rows written on its behalf. Set by
+    /// the edge after verification; `None` for work the daemon does itself.
+    pub client_addr: Option<std::net::IpAddr>,
 }
 
 impl Identity {
@@ -686,6 +690,7 @@ fn identity_from_claims(claims: &Map<String, Value>) -> Result<Identity, String>
         session_id,
         email: text("email"),
         name: text("name"),
+        client_addr: None,
     })
 }
 

@@ -56,6 +56,11 @@ pub struct AuditConfig {
     /// written as one `auth.refused` row (with the count) per window.
     #[serde(default = "default_refusal_window", with = "humantime_serde")]
     pub refusal_window: Duration,
+    /// Reads of notifications through the API are counted per reader,
+    /// client address and notification (or list filter) and written as
+    /// one `notification.read` row (with the count) per window.
+    #[serde(default = "default_read_window", with = "humantime_serde")]
+    pub read_window: Duration,
     /// Ed25519 private key (PKCS#8 PEM, from `readbackd audit keygen`) that
     /// `audit checkpoint` signs with and `audit verify --checkpoint` checks
     /// against. Read only by those commands, never by the daemon, so it can
@@ -67,12 +72,16 @@ impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             refusal_window: default_refusal_window(),
+            read_window: default_read_window(),
             checkpoint_key_file: None,
         }
     }
 }
 
 fn default_refusal_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_read_window() -> Duration {
     Duration::from_secs(60)
 }
 
@@ -182,6 +191,66 @@ pub struct ServerConfig {
     /// TLS-terminating proxy on another host). Refused unless set.
     #[serde(default)]
     pub allow_plaintext: bool,
+    /// How long an HTTP API request may take to be answered (its body
+    /// read, its work done); Socket.IO long-polling is not bound by it.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Reverse proxies (addresses or CIDRs) whose forwarding header names
+    /// the client. Empty: the TCP peer is the client.
+    #[serde(default, deserialize_with = "networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header a trusted proxy names the client in.
+    #[serde(default)]
+    pub client_ip_header: ClientIpHeader,
+    /// Most connections one client address may hold at once: TCP
+    /// connections of a peer that is not a trusted proxy, Engine.IO
+    /// sessions, and behind a trusted proxy HTTP API requests in flight.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Most Engine.IO sessions one client address may hold that have not
+    /// completed an authenticated Socket.IO CONNECT.
+    #[serde(default = "default_max_pending_sessions_per_ip")]
+    pub max_pending_sessions_per_ip: usize,
+}
+
+/// The header a trusted proxy names the client in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    #[default]
+    #[serde(rename = "x-forwarded-for", alias = "X-Forwarded-For")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    #[serde(rename = "forwarded", alias = "Forwarded")]
+    Forwarded,
+}
+
+impl ClientIpHeader {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientIpHeader::XForwardedFor => "x-forwarded-for",
+            ClientIpHeader::Forwarded => "forwarded",
+        }
+    }
+}
+
+/// Addresses (`192.0.2.1`) or CIDRs (`10.0.0.0/8`).
+fn networks<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| {
+            text.parse::<ipnet::IpNet>()
+                .map(|net| net.trunc())
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{text}` is not an IP address or CIDR (e.g. 10.0.0.0/8)"
+                    ))
+                })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +271,20 @@ fn default_connect_timeout() -> Duration {
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+/// A hospital NAT can put a ward's viewers behind one address: generous
+/// for them, still a bound for one misbehaving host.
+fn default_max_connections_per_ip() -> usize {
+    256
+}
+/// A session waits for its CONNECT one round trip when all is well: a few
+/// dozen at once from one address is a reconnect storm behind a NAT, more
+/// is someone opening sessions they never use.
+fn default_max_pending_sessions_per_ip() -> usize {
+    64
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -215,6 +298,11 @@ impl Default for ServerConfig {
             tls: None,
             shutdown_timeout: default_shutdown_timeout(),
             allow_plaintext: false,
+            request_timeout: default_request_timeout(),
+            trusted_proxies: Vec::new(),
+            client_ip_header: ClientIpHeader::default(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            max_pending_sessions_per_ip: default_max_pending_sessions_per_ip(),
         }
     }
 }
@@ -823,6 +911,26 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             problems.push("server.max_body_bytes: must be at least 1024".into());
         }
+        let server = &self.server;
+        if server.request_timeout.is_zero() {
+            problems.push("server.request_timeout: must be greater than zero".into());
+        }
+        if server.max_connections_per_ip == 0 {
+            problems.push("server.max_connections_per_ip: must be at least 1".into());
+        }
+        if server.max_pending_sessions_per_ip == 0 {
+            problems.push("server.max_pending_sessions_per_ip: must be at least 1".into());
+        }
+        for net in &server.trusted_proxies {
+            if net.prefix_len() == 0 {
+                problems.push(format!(
+                    "server.trusted_proxies: `{net}` trusts every peer's forwarding header (anyone could name any address); list the proxies"
+                ));
+            }
+        }
+        if self.audit.read_window.is_zero() {
+            problems.push("audit.read_window: must be greater than zero".into());
+        }
         let auth = &self.auth;
         match (&auth.jwt_secret, &auth.jwt_public_key_file, &auth.jwks_url) {
             (None, None, None) => {
@@ -1062,11 +1170,22 @@ impl Config {
     /// The links that travel unencrypted over the network because the
     /// operator allowed it: the daemon names each loudly at start.
     pub fn plaintext_links(&self) -> Vec<&'static str> {
-        self.links()
+        let mut keys: Vec<&'static str> = self
+            .links()
             .into_iter()
             .filter(|(_, _, link)| *link == Link::Plaintext)
             .map(|(key, _, _)| key)
-            .collect()
+            .collect();
+        // `auth` refuses it unless `jwks_allow_plaintext`.
+        if self
+            .auth
+            .jwks_url
+            .as_deref()
+            .is_some_and(|url| transport_security::https(url) == Link::Plaintext)
+        {
+            keys.push("auth.jwks_url");
+        }
+        keys
     }
 
     /// The address to bind, resolved from `server.listen`.
@@ -1253,6 +1372,42 @@ mod tests {
         assert!(
             missing.contains("auth.jwt_secret_file: cannot read /nonexistent/secret"),
             "{missing}"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks_but_not_everyone() {
+        let config = Config::from_toml(&format!(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]\nclient_ip_header = \"forwarded\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        let nets: Vec<String> = config
+            .server
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+        assert_eq!(config.server.client_ip_header, ClientIpHeader::Forwarded);
+        let bad = Config::from_toml(&format!(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n{MINIMAL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("server.trusted_proxies"), "{bad}");
+        assert!(
+            bad.contains("`10.0.0.0/33` is not an IP address or CIDR"),
+            "{bad}"
+        );
+        let everyone = Config::from_toml(&format!(
+            "[server]\ntrusted_proxies = [\"0.0.0.0/0\"]\nmax_connections_per_ip = 0\n{MINIMAL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(everyone.contains("trusts every peer"), "{everyone}");
+        assert!(
+            everyone.contains("server.max_connections_per_ip: must be at least 1"),
+            "{everyone}"
         );
     }
 

@@ -11,6 +11,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod client_addr;
 pub mod clock;
 pub mod config;
 pub mod error;

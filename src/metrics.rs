@@ -26,6 +26,7 @@ pub struct Metrics {
     jwks_refreshes: Family<Labels, Counter>,
     /// Keys of the identity provider's JWKS tokens may be verified with.
     pub jwks_keys: Gauge,
+    connections_refused: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -50,6 +51,12 @@ impl Default for Metrics {
             "jwks_keys",
             "Usable keys of the identity provider's JWKS",
             jwks_keys.clone(),
+        );
+        let connections_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections, Engine.IO handshakes and requests refused over a per-address cap, by cap",
+            connections_refused.clone(),
         );
         registry.register(
             "post_commit_failures",
@@ -103,6 +110,7 @@ impl Default for Metrics {
             post_commit_failures,
             jwks_refreshes,
             jwks_keys,
+            connections_refused,
         }
     }
 }
@@ -132,6 +140,15 @@ impl Metrics {
     pub fn jwks_refreshed(&self, outcome: &'static str) {
         self.jwks_refreshes
             .get_or_create(&vec![("outcome", outcome)])
+            .inc();
+    }
+
+    /// A refusal over a per-address cap: `connections` (TCP connections or
+    /// Engine.IO sessions), `pending` (sessions waiting to authenticate) or
+    /// `requests` (API requests in flight behind a proxy).
+    pub fn connection_refused(&self, cap: &'static str) {
+        self.connections_refused
+            .get_or_create(&vec![("cap", cap)])
             .inc();
     }
 

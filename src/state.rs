@@ -30,6 +30,9 @@ pub struct AppState {
     pub escalations: Escalations,
     /// Refused logins, counted and written once per window.
     pub refusals: crate::audit::refusals::Refusals,
+    /// Reads of notifications and exports of the log, counted and written
+    /// once per window.
+    pub reads: crate::audit::reads::Reads,
     /// The daemon's one task tracker, for work a handler leaves running
     /// (a socket's token-expiry watch).
     pub tasks: tokio_util::task::TaskTracker,

@@ -56,6 +56,17 @@ pub fn smtp(url: &str) -> Link {
     }
 }
 
+/// An HTTP URL readback fetches from (the JWKS).
+pub fn https(url: &str) -> Link {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Link::Plaintext;
+    };
+    match parsed.scheme() {
+        "https" => Link::Encrypted,
+        _ => host_link(&parsed),
+    }
+}
+
 /// A Redis URL: `rediss://` is TLS, `redis+unix://` / `unix://` a socket.
 pub fn redis(url: &str) -> Link {
     let Ok(parsed) = url::Url::parse(url) else {
@@ -174,6 +185,13 @@ mod tests {
             Link::Encrypted
         );
         assert_eq!(smtp("smtps://relay.example"), Link::Encrypted);
+    }
+
+    #[test]
+    fn https_links() {
+        assert_eq!(https("https://idp.example/jwks.json"), Link::Encrypted);
+        assert_eq!(https("http://127.0.0.1:8080/jwks.json"), Link::Local);
+        assert_eq!(https("http://idp.example/jwks.json"), Link::Plaintext);
     }
 
     #[test]

@@ -236,6 +236,7 @@ mod tests {
             session_id: None,
             email: None,
             name: None,
+            client_addr: None,
         };
         let new = parse_raise(
             &json!({

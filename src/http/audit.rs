@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::extract::{Authorized, QueryParams, Reader, Roles, query_time};
+use crate::audit::reads::{Read, Reads};
 use crate::audit::review::{self, row_json, to_csv};
 use crate::audit::{Action, AuditEvent};
 use crate::auth::{Identity, roles};
@@ -101,82 +102,103 @@ pub async fn list(
             .ok_or_else(|| FieldError::new("cursor", "is not a cursor this API returned"))?,
         None => 0,
     };
-    record_query(
-        &state,
-        &caller,
-        json!({ "query": "audit", "format": format, "filters": {
-            "from": query.from, "to": query.to, "userId": query.user_id, "patientId": query.patient_id,
-            "studyId": query.study_id, "notificationId": query.notification_id, "action": query.action,
-            "cursor": query.cursor, "limit": limit,
-        }}),
-    )
-    .await?;
+    let filters = json!({
+        "from": query.from, "to": query.to, "userId": query.user_id, "patientId": query.patient_id,
+        "studyId": query.study_id, "notificationId": query.notification_id, "action": query.action,
+        "cursor": query.cursor, "limit": limit,
+    });
 
     if format == "json" {
         let limit = limit.unwrap_or(DEFAULT_PAGE);
         let mut conn = state.store.conn().await?;
         let mut rows = sql::page(&mut conn, &filter, after, limit + 1).await?;
+        drop(conn);
         let next_cursor = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             rows.last().map(|r| r.seq.to_string())
         } else {
             None
         };
+        // Recorded before anything is answered: no row leaves unaudited.
+        record_query(
+            &state,
+            &caller,
+            json!({ "query": "audit", "format": format, "filters": filters, "rows": rows.len() }),
+        )
+        .await?;
         let items: Vec<Value> = rows.iter().map(row_json).collect();
         return Ok(Json(json!({ "items": items, "nextCursor": next_cursor })).into_response());
     }
 
-    // Streamed page by page: a month of rows never sits in memory.
+    // An export is recorded before its first row is read (who asked for
+    // what), and what it sent when it ends (`audit.exported`).
+    record_query(
+        &state,
+        &caller,
+        json!({ "query": "audit", "format": format, "filters": filters }),
+    )
+    .await?;
     let csv = format == "csv";
-    let pages = stream::unfold(
-        (state, filter, after, limit, true),
-        move |(state, filter, after, left, first)| async move {
-            if left == Some(0) {
-                return None;
-            }
-            let size = left.map_or(WALK_PAGE, |l| l.min(WALK_PAGE));
-            let rows = async {
-                let mut conn = state.store.conn().await?;
-                sql::page(&mut conn, &filter, after, size).await
-            }
-            .await;
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(e) => {
-                    return Some((
-                        Err(std::io::Error::other(e.to_string())),
-                        (state, filter, after, Some(0), false),
-                    ));
-                }
-            };
-            if rows.is_empty() && !(csv && first) {
-                return None;
-            }
-            let next_after = rows.last().map_or(after, |r| r.seq);
-            let chunk = if csv {
-                to_csv(&rows, first)
-            } else {
-                let mut out = Vec::new();
-                for row in &rows {
-                    out.extend_from_slice(row_json(row).to_string().as_bytes());
-                    out.push(b'\n');
-                }
-                out
-            };
-            let left = left.map(|l| l - rows.len() as u32);
-            let done = rows.len() < size as usize;
-            Some((
-                Ok(chunk),
-                (
-                    state,
-                    filter,
-                    next_after,
-                    if done { Some(0) } else { left },
-                    false,
-                ),
-            ))
+    let export = Export {
+        tally: ExportTally {
+            reads: state.reads.clone(),
+            reader: caller,
+            format: if csv { "csv" } else { "ndjson" },
+            filters,
+            rows: 0,
+            complete: false,
         },
-    );
+        state,
+        filter,
+        after,
+        left: limit,
+        first: true,
+    };
+    // Streamed page by page: a month of rows never sits in memory.
+    let pages = stream::unfold(export, move |mut export| async move {
+        if export.left == Some(0) {
+            return None;
+        }
+        let size = export.left.map_or(WALK_PAGE, |l| l.min(WALK_PAGE));
+        let rows = async {
+            let mut conn = export.state.store.conn().await?;
+            sql::page(&mut conn, &export.filter, export.after, size).await
+        }
+        .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Ends the stream, incomplete.
+                export.left = Some(0);
+                return Some((Err(std::io::Error::other(e.to_string())), export));
+            }
+        };
+        if rows.is_empty() && !(csv && export.first) {
+            export.tally.complete = true;
+            // Recorded as it is dropped.
+            drop(export);
+            return None;
+        }
+        export.after = rows.last().map_or(export.after, |r| r.seq);
+        let chunk = if csv {
+            to_csv(&rows, export.first)
+        } else {
+            let mut out = Vec::new();
+            for row in &rows {
+                out.extend_from_slice(row_json(row).to_string().as_bytes());
+                out.push(b'\n');
+            }
+            out
+        };
+        export.tally.rows += rows.len() as u64;
+        export.left = export.left.map(|l| l - rows.len() as u32);
+        if export.left == Some(0) || rows.len() < size as usize {
+            export.left = Some(0);
+            export.tally.complete = true;
+        }
+        export.first = false;
+        Some((Ok(chunk), export))
+    });
     let content_type = if csv {
         "text/csv; charset=utf-8; header=present"
     } else {
@@ -189,6 +211,43 @@ pub async fn list(
         .into_response())
 }
 
+/// A streaming export between its pages.
+struct Export {
+    state: AppState,
+    filter: AuditFilter,
+    after: i64,
+    /// Rows still to send, when limited.
+    left: Option<u32>,
+    first: bool,
+    tally: ExportTally,
+}
+
+/// What an export sent, recorded (`audit.exported`, through the counted
+/// reads) when its stream ends or is dropped — also when the client hangs
+/// up halfway.
+struct ExportTally {
+    reads: Reads,
+    reader: Identity,
+    format: &'static str,
+    filters: Value,
+    rows: u64,
+    complete: bool,
+}
+
+impl Drop for ExportTally {
+    fn drop(&mut self) {
+        self.reads.record(
+            &self.reader,
+            Read::Export {
+                format: self.format,
+                filters: std::mem::take(&mut self.filters),
+                rows: self.rows,
+                complete: self.complete,
+            },
+        );
+    }
+}
+
 /// Every audit row of one notification, in order.
 pub async fn timeline(
     State(state): State<AppState>,
@@ -197,12 +256,6 @@ pub async fn timeline(
 ) -> Result<Json<Value>, ApiError> {
     check_identifier("id", &id)?;
     let trace = crate::notifications::service::get(&state.notifications, &id).await?;
-    record_query(
-        &state,
-        &caller,
-        json!({ "query": "timeline", "notificationId": id }),
-    )
-    .await?;
     let filter = AuditFilter {
         notification_id: Some(id.clone()),
         ..AuditFilter::default()
@@ -219,6 +272,13 @@ pub async fn timeline(
             break;
         }
     }
+    drop(conn);
+    record_query(
+        &state,
+        &caller,
+        json!({ "query": "timeline", "notificationId": id, "rows": events.len() }),
+    )
+    .await?;
     Ok(Json(json!({
         "notificationId": id,
         "state": trace.notification.state,

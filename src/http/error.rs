@@ -33,6 +33,15 @@ pub enum ApiError {
     /// `/readyz`: the daemon cannot serve its callers yet.
     #[error("not ready: {0}")]
     NotReady(String),
+    /// A client address over one of its connection caps.
+    #[error("{0}")]
+    TooManyConnections(String),
+    /// Not answered within `server.request_timeout`.
+    #[error(
+        "the request was not answered within server.request_timeout ({}); it may or may not have taken effect: retry it (a raise with the same Idempotency-Key is not raised twice)",
+        humantime::format_duration(*.0)
+    )]
+    TimedOut(std::time::Duration),
 }
 
 impl From<FieldError> for ApiError {
@@ -65,6 +74,8 @@ impl ApiError {
             ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TimedOut(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -78,6 +89,8 @@ impl ApiError {
             ApiError::NoRoute => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::NotReady(_) => "not_ready",
+            ApiError::TooManyConnections(_) => "too_many_connections",
+            ApiError::TimedOut(_) => "request_timeout",
         }
     }
 }
@@ -115,6 +128,9 @@ impl IntoResponse for ApiError {
             }
             StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -6,10 +6,7 @@
 
 use std::marker::PhantomData;
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
-use axum::extract::ConnectInfo;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -20,6 +17,7 @@ use super::error::ApiError;
 use crate::audit::refusals::Refusal;
 use crate::audit::{Action, AuditEvent};
 use crate::auth::{Identity, TokenError, roles};
+use crate::client_addr::ClientAddr;
 use crate::clock::Timestamp;
 use crate::state::AppState;
 use crate::store::audit::append_alone;
@@ -78,15 +76,17 @@ impl<R: Roles> FromRequestParts<AppState> for Authorized<R> {
             None => Err(TokenError::Missing),
         };
         let path = parts.uri.path().to_string();
+        // Resolved once, by the outermost middleware (`limits::admit`).
+        let client = parts.extensions.get::<ClientAddr>().map(|c| c.ip);
         let identity = match verified {
-            Ok(identity) => identity,
+            Ok(identity) => Identity {
+                client_addr: client,
+                ..identity
+            },
             Err(refusal) => {
                 state.metrics.auth_refused.inc();
                 state.refusals.record(&Refusal {
-                    source: parts
-                        .extensions
-                        .get::<ConnectInfo<SocketAddr>>()
-                        .map(|peer| peer.0.ip()),
+                    source: client,
                     channel: "http",
                     reason: refusal.reason(),
                     path: Some(&path),

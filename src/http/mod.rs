@@ -11,25 +11,31 @@ mod console;
 pub mod error;
 mod extract;
 mod health;
+pub mod limits;
 mod messages;
 mod notifications;
 mod sessions;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath};
-use axum::http::{HeaderValue, Method, header};
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
 use error::ApiError;
 
-/// Every route of the daemon except Socket.IO's, which the caller layers on.
+/// Every route of the daemon except Socket.IO's, which the caller layers on
+/// (so `server.request_timeout` does not cut Engine.IO long-polling, which
+/// holds a GET until there is something to send).
 pub fn router(state: AppState) -> Router {
+    let request_timeout = state.config.server.request_timeout;
     let api = Router::new()
         .route(
             "/notifications",
@@ -66,6 +72,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(async || ApiError::NoRoute)
         .method_not_allowed_fallback(async || ApiError::MethodNotAllowed)
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
+        // A request not answered in time (a body that never finishes, work
+        // stuck on the database) is answered instead of held; its handler
+        // is dropped. Streamed bodies (exports) are not bounded by it.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+        .layer(axum::middleware::map_response_with_state(
+            request_timeout,
+            timed_out_as_problem,
+        ))
         // Every request gets an id (or keeps the caller's `x-request-id`),
         // carried in its log span and echoed in the response.
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -85,6 +102,20 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(SetRequestIdLayer::x_request_id(RequestIds::default()))
         .with_state(state)
+}
+
+/// The timeout layer's bare `503` as problem+json. Every other `503` of
+/// readback is problem+json already; the layer's has no content type.
+async fn timed_out_as_problem(
+    State(timeout): State<std::time::Duration>,
+    response: Response,
+) -> Response {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return ApiError::TimedOut(timeout).into_response();
+    }
+    response
 }
 
 /// CORS for the configured browser origins (HTTP API and Socket.IO polling).

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::extract::{
     Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json, page_limit, query_time,
 };
+use crate::audit::reads::Read;
 use crate::notifications::service::Trace;
 use crate::notifications::{Notification, State as NotificationState, service};
 use crate::state::AppState;
@@ -79,13 +80,16 @@ pub async fn raise(
     Ok((status, Json(view(&trace.notification, Some(&trace)))))
 }
 
+/// A read of PHI: audited — counted in memory and written once per
+/// `audit.read_window`, so the read waits for no audit write.
 pub async fn get(
     State(state): State<AppState>,
-    Authorized(_caller, _): Authorized<Reader>,
+    Authorized(caller, _): Authorized<Reader>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_identifier("id", &id)?;
     let trace = service::get(&state.notifications, &id).await?;
+    state.reads.record(&caller, Read::One(&trace.notification));
     Ok(Json(view(&trace.notification, Some(&trace))))
 }
 
@@ -102,15 +106,42 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
+impl ListQuery {
+    /// The filters given, as the read's audit row records them.
+    fn audited(&self) -> Value {
+        let mut filters = serde_json::Map::new();
+        for (name, value) in [
+            ("state", &self.state),
+            ("userId", &self.user_id),
+            ("patientId", &self.patient_id),
+            ("studyId", &self.study_id),
+            ("since", &self.since),
+            ("until", &self.until),
+            ("cursor", &self.cursor),
+        ] {
+            if let Some(value) = value {
+                filters.insert(name.into(), json!(value));
+            }
+        }
+        if let Some(limit) = self.limit {
+            filters.insert("limit".into(), json!(limit));
+        }
+        Value::Object(filters)
+    }
+}
+
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 500;
 
+/// A read of PHI: audited like [`get`], with its filters and what it
+/// returned.
 pub async fn list(
     State(state): State<AppState>,
-    Authorized(_caller, _): Authorized<Reader>,
+    Authorized(caller, _): Authorized<Reader>,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = page_limit(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    let filters = query.audited();
     let filter = ListFilter {
         state: query
             .state
@@ -148,6 +179,13 @@ pub async fn list(
     } else {
         None
     };
+    state.reads.record(
+        &caller,
+        Read::List {
+            filters,
+            notifications: &page,
+        },
+    );
     let items: Vec<Value> = page.iter().map(|n| view(n, None)).collect();
     Ok(Json(json!({ "items": items, "nextCursor": next_cursor })))
 }

@@ -14,6 +14,7 @@ use socketioxide_core::adapter::DefinedAdapter;
 use super::{Connection, Sent, events, topics};
 use crate::audit::{Action, AuditEvent};
 use crate::auth::{Identity, TokenError};
+use crate::client_addr::{ClientAddr, SessionPlaces};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::notifications::service;
@@ -69,8 +70,16 @@ async fn authenticate<A: Adapter>(
         Some(token) => state.verifier.verify_fetching(&token).await,
         None => Err(TokenError::Missing),
     };
+    let parts = socket.req_parts();
+    // Resolved by the outermost HTTP middleware for the handshake request,
+    // kept with the Engine.IO session.
+    let client = parts.extensions.get::<ClientAddr>().map(|c| c.ip);
     match verified {
-        Ok(verified) => {
+        Ok(mut verified) => {
+            verified.identity.client_addr = client;
+            if let Some(places) = parts.extensions.get::<Arc<SessionPlaces>>() {
+                places.authenticated();
+            }
             socket
                 .extensions
                 .insert(Arc::new(Connection::new(verified)));
@@ -78,12 +87,8 @@ async fn authenticate<A: Adapter>(
         }
         Err(refusal) => {
             state.metrics.auth_refused.inc();
-            let parts = socket.req_parts();
             state.refusals.record(&crate::audit::refusals::Refusal {
-                source: parts
-                    .extensions
-                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                    .map(|peer| peer.0.ip()),
+                source: client,
                 channel: "socket.io",
                 reason: refusal.reason(),
                 path: None,

@@ -83,6 +83,7 @@ mod tests {
             session_id: None,
             email: None,
             name: None,
+            client_addr: None,
         }
     }
 

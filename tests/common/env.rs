@@ -108,15 +108,18 @@ impl TestEnv {
         self.start_with_env(&[]).await
     }
 
-    /// Refused logins are written once per `audit.refusal_window`: short in
-    /// tests, so a test waits milliseconds for them (`refused_logins`).
+    /// Refused logins and reads are written once per `audit.refusal_window`
+    /// and `audit.read_window`: short in tests, so a test waits
+    /// milliseconds for them (`refused_logins`).
     pub async fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
         let mut env = env.to_vec();
-        if !env
-            .iter()
-            .any(|(k, _)| *k == "READBACK_AUDIT__REFUSAL_WINDOW")
-        {
-            env.push(("READBACK_AUDIT__REFUSAL_WINDOW", "100ms"));
+        for window in [
+            "READBACK_AUDIT__REFUSAL_WINDOW",
+            "READBACK_AUDIT__READ_WINDOW",
+        ] {
+            if !env.iter().any(|(k, _)| *k == window) {
+                env.push((window, "100ms"));
+            }
         }
         Daemon::start_with_env(&self.write_config(), &env).await
     }

@@ -26,6 +26,18 @@ impl Default for Http {
 }
 
 impl Http {
+    /// Requests from the local address `source` (any 127.x.y.z is this
+    /// host), each on a new connection: for limits per client address.
+    pub fn from_address(source: std::net::IpAddr) -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .local_address(source)
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("http client"),
+        }
+    }
+
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
         let response = request.send().await.expect("http request");
         let status = response.status().as_u16();

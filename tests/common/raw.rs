@@ -25,14 +25,55 @@ impl RawSocket {
             socket.set_recv_buffer_size(size).unwrap();
         }
         let stream = socket.connect(addr).await.expect("tcp connect");
-        let url = format!("ws://{authority}/socket.io/?EIO=4&transport=websocket");
-        let (ws, _) = tokio_tungstenite::client_async(url, stream)
+        Self::handshake(daemon, stream, &[])
             .await
-            .expect("websocket handshake");
+            .expect("websocket handshake")
+    }
+
+    /// Opens the Engine.IO session from the local address `source` (any
+    /// 127.x.y.z is this host), sending `headers` with the handshake; the
+    /// handshake's refusal (e.g. an HTTP 429) as the error.
+    pub async fn open_from(
+        daemon: &Daemon,
+        source: std::net::IpAddr,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let authority = daemon.url.strip_prefix("http://").expect("plain http");
+        let addr: std::net::SocketAddr = authority.parse().expect("host:port");
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::new(source, 0))
+            .expect("bind the source address");
+        let stream = socket.connect(addr).await.expect("tcp connect");
+        Self::handshake(daemon, stream, headers).await
+    }
+
+    async fn handshake(
+        daemon: &Daemon,
+        stream: tokio::net::TcpStream,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let authority = daemon.url.strip_prefix("http://").expect("plain http");
+        let url = format!("ws://{authority}/socket.io/?EIO=4&transport=websocket");
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .expect("header name"),
+                value.parse().expect("header value"),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
         let mut raw = Self { ws };
         let open = raw.next_text().await.expect("engine.io OPEN");
         assert!(open.starts_with('0'), "{open}");
-        raw
+        Ok(raw)
+    }
+
+    /// Closes the WebSocket (and so the Engine.IO session).
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
     }
 
     pub async fn send(&mut self, text: String) {

@@ -15,6 +15,8 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
+mod network;
+
 both_databases!(
     a_socket_never_outlives_its_token,
     reauth_moves_the_expiry_for_the_same_identity_only,
