@@ -6,6 +6,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod rate_limits;
 
 use std::time::Duration;
 
