@@ -126,6 +126,8 @@ impl Application {
             config.audit.refusal_window,
             stop_writes.clone(),
         );
+        let limits = Arc::new(crate::limits::Limits::new(&config.limits));
+        limits.spawn_pruner(&tasks, shutdown.clone());
         let state_for = |hub: Hub| {
             let escalations = Escalations {
                 config: config.clone(),
@@ -157,6 +159,7 @@ impl Application {
                 escalations,
                 tasks: tasks.clone(),
                 refusals: refusals.clone(),
+                limits: limits.clone(),
             }
         };
         let (router, state) = match (store.backend(), &config.cluster.redis_url) {

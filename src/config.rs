@@ -1192,10 +1192,14 @@ mod tests {
         ] {
             assert!(err.contains(key), "{key} missing from {err}");
         }
-        let negative = Config::from_toml(&format!("{MINIMAL}\n[limits]\naudit_queries_burst = -1\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(negative.contains("limits.audit_queries_burst"), "{negative}");
+        let negative =
+            Config::from_toml(&format!("{MINIMAL}\n[limits]\naudit_queries_burst = -1\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            negative.contains("limits.audit_queries_burst"),
+            "{negative}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod escalation;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod notifications;
 pub mod realtime;

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub connected_sockets: Gauge,
     pub messages_sent: Counter,
     post_commit_failures: Family<Labels, Counter>,
+    rate_limited: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -36,6 +37,12 @@ impl Default for Metrics {
         let connected_sockets = Gauge::default();
         let messages_sent = Counter::default();
         let post_commit_failures = Family::<Labels, Counter>::default();
+        let rate_limited = Family::<Labels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests, client events and connections refused by a rate limit, by limit",
+            rate_limited.clone(),
+        );
         registry.register(
             "post_commit_failures",
             "Steps after a committed change that failed (the change stands), by step",
@@ -86,6 +93,7 @@ impl Default for Metrics {
             connected_sockets,
             messages_sent,
             post_commit_failures,
+            rate_limited,
         }
     }
 }
@@ -107,6 +115,14 @@ impl Metrics {
     pub fn post_commit_failed(&self, step: &'static str) {
         self.post_commit_failures
             .get_or_create(&vec![("step", step)])
+            .inc();
+    }
+
+    /// A refusal by the `[limits]` limit `limit` (`raises`,
+    /// `client_events`, `audit_queries`, `connects`).
+    pub fn rate_limited(&self, limit: &'static str) {
+        self.rate_limited
+            .get_or_create(&vec![("limit", limit)])
             .inc();
     }
 

@@ -48,10 +48,11 @@ pub enum Action {
     AuditQueried,
     EscalationRecipientOffline,
     ConnectionReplaced,
+    ReplaySent,
 }
 
 impl Action {
-    pub const ALL: [Action; 23] = [
+    pub const ALL: [Action; 24] = [
         Action::NotificationRaised,
         Action::NotificationDelivered,
         Action::NotificationReplayed,
@@ -75,6 +76,7 @@ impl Action {
         Action::AuditQueried,
         Action::EscalationRecipientOffline,
         Action::ConnectionReplaced,
+        Action::ReplaySent,
     ];
 
     pub fn parse(text: &str) -> Option<Action> {
@@ -106,6 +108,7 @@ impl Action {
             Action::AuditQueried => "audit.queried",
             Action::EscalationRecipientOffline => "escalation.recipient_offline",
             Action::ConnectionReplaced => "connection.replaced",
+            Action::ReplaySent => "replay.sent",
         }
     }
 }

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::auth::TokenError;
 use crate::error::Error;
+use crate::limits::RetryAfter;
 use crate::store::StoreError;
 use crate::validation::FieldError;
 
@@ -30,6 +31,9 @@ pub enum ApiError {
     NoRoute,
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
+    /// The caller spent its budget of this kind of request (`[limits]`).
+    #[error("too many requests; retry after {} s", .0.whole_seconds())]
+    RateLimited(RetryAfter),
 }
 
 impl From<FieldError> for ApiError {
@@ -61,6 +65,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -73,6 +78,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::NoRoute => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::RateLimited(_) => "rate_limited",
         }
     }
 }
@@ -104,6 +110,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::RateLimited(retry_after) = &self {
+            headers.insert(header::RETRY_AFTER, retry_after.whole_seconds().into());
+        }
         match status {
             StatusCode::UNAUTHORIZED => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -112,7 +112,10 @@ async fn a_raise_burst_over_the_limit_is_refused_and_stores_nothing(db: Db) {
     assert_eq!(created, 5, "the burst is 5");
     assert_eq!(refused, 7);
     let stored = env
-        .count("SELECT COUNT(*) FROM notifications WHERE title = $1", "burst")
+        .count(
+            "SELECT COUNT(*) FROM notifications WHERE title = $1",
+            "burst",
+        )
         .await;
     assert_eq!(stored, 5, "a refused raise stored a notification");
     assert_eq!(env.audit_count("notification.raised").await, 5);
@@ -151,16 +154,18 @@ async fn a_client_event_flood_on_one_socket_is_refused_and_changes_nothing(db: D
     let clients = Clients::start(&daemon).await;
     let alice = token("alice", &["radiologist"], None);
     clients.connect("flooder", &alice).await;
-    clients
-        .next_event("flooder", "critical_notification")
-        .await;
+    clients.next_event("flooder", "critical_notification").await;
     for _ in 0..5 {
         let answer = clients.emit_ack("flooder", "activity", json!([])).await;
         assert_eq!(answer["ok"], true, "{answer}");
     }
     for event in ["acknowledge_notification", "subscribe", "no_such_event"] {
         let answer = clients
-            .emit_ack("flooder", event, json!([{ "notificationId": id, "topic": "x" }]))
+            .emit_ack(
+                "flooder",
+                event,
+                json!([{ "notificationId": id, "topic": "x" }]),
+            )
             .await;
         assert_eq!(answer["ok"], false, "{event}: {answer}");
         assert_eq!(answer["code"], "rate_limited", "{event}: {answer}");
@@ -174,7 +179,9 @@ async fn a_client_event_flood_on_one_socket_is_refused_and_changes_nothing(db: D
     assert_eq!(error["event"], "activity", "{error}");
 
     // Nothing changed: the finding is still open, no acknowledgement row.
-    let state = http.get(&daemon.api(&format!("/notifications/{id}")), &admin_token()).await;
+    let state = http
+        .get(&daemon.api(&format!("/notifications/{id}")), &admin_token())
+        .await;
     assert_eq!(state.body["state"], "pending", "{}", state.body);
     assert_eq!(env.audit_count("notification.acknowledged").await, 0);
 
@@ -184,7 +191,11 @@ async fn a_client_event_flood_on_one_socket_is_refused_and_changes_nothing(db: D
     let acked = clients.ack("calm", &id).await;
     assert_eq!(acked["ok"], true, "{acked}");
     assert_eq!(
-        metric(&daemon, "readback_rate_limited_total{limit=\"client_events\"}").await,
+        metric(
+            &daemon,
+            "readback_rate_limited_total{limit=\"client_events\"}"
+        )
+        .await,
         Some(4.0)
     );
 }
@@ -223,11 +234,18 @@ async fn an_audit_export_flood_is_refused(db: Db) {
     assert_eq!(env.audit_count("audit.queried").await, 3);
 
     let other = http
-        .get(&daemon.api("/audit?format=csv"), &token("ines", &["auditor"], None))
+        .get(
+            &daemon.api("/audit?format=csv"),
+            &token("ines", &["auditor"], None),
+        )
         .await;
     assert_eq!(other.status, 200, "{}", other.body);
     assert_eq!(
-        metric(&daemon, "readback_rate_limited_total{limit=\"audit_queries\"}").await,
+        metric(
+            &daemon,
+            "readback_rate_limited_total{limit=\"audit_queries\"}"
+        )
+        .await,
         Some(6.0)
     );
 }
@@ -271,7 +289,10 @@ async fn replay_is_bounded_announced_and_summarised(db: Db) {
     assert!(clients.drain("hana", "critical_notification").is_empty());
 
     // The rest, paged over HTTP with the announced cursor, due first.
-    let cursor = truncated["nextCursor"].as_str().expect("a cursor").to_string();
+    let cursor = truncated["nextCursor"]
+        .as_str()
+        .expect("a cursor")
+        .to_string();
     let page = http
         .get(
             &daemon.api(&format!("/me/notifications?limit=2&cursor={cursor}")),
@@ -288,14 +309,20 @@ async fn replay_is_bounded_announced_and_summarised(db: Db) {
     assert_eq!(first, ["r2", "r1"]);
     let next = page.body["nextCursor"].as_str().expect("more").to_string();
     let last = http
-        .get(&daemon.api(&format!("/me/notifications?cursor={next}")), &hana)
+        .get(
+            &daemon.api(&format!("/me/notifications?cursor={next}")),
+            &hana,
+        )
         .await;
     assert_eq!(last.body["items"].as_array().unwrap().len(), 1);
     assert_eq!(last.body["items"][0]["id"], "r0");
     assert!(last.body["nextCursor"].is_null(), "{}", last.body);
     // Only the caller's own findings.
     let other = http
-        .get(&daemon.api("/me/notifications"), &token("ivan", &["radiologist"], None))
+        .get(
+            &daemon.api("/me/notifications"),
+            &token("ivan", &["radiologist"], None),
+        )
         .await;
     assert_eq!(other.body["items"], json!([]), "{}", other.body);
 
@@ -308,11 +335,17 @@ async fn replay_is_bounded_announced_and_summarised(db: Db) {
         5,
     )
     .await;
-    assert_eq!(env.audit_count("replay.sent").await, 1);
+    let over_socket = Audit::action("replay.sent").detail("%\"channel\":\"socket.io\"%");
+    assert_eq!(env.audit_count(over_socket.clone()).await, 1);
     assert_eq!(
-        env.audit_count(Audit::action("replay.sent").detail("%\"count\":5%"))
-            .await,
+        env.audit_count(over_socket.detail("%\"count\":5%")).await,
         1
+    );
+    // Each page read over HTTP is a row too: PHI read is audited.
+    assert_eq!(
+        env.audit_count(Audit::action("replay.sent").detail("%\"channel\":\"http\"%"))
+            .await,
+        2
     );
     assert_eq!(env.audit_count("notification.replayed").await, 0);
     let delivered = env
@@ -323,7 +356,9 @@ async fn replay_is_bounded_announced_and_summarised(db: Db) {
         .await;
     assert_eq!(delivered, 5);
     // Each delivery is on the finding's own record.
-    let r3 = http.get(&daemon.api("/notifications/r3"), &admin_token()).await;
+    let r3 = http
+        .get(&daemon.api("/notifications/r3"), &admin_token())
+        .await;
     assert_eq!(r3.body["deliveries"][0]["replayed"], true, "{}", r3.body);
     let (verified, output) = env.audit_verify();
     assert!(verified, "{output}");
