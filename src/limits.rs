@@ -181,14 +181,14 @@ mod tests {
         assert!(limiter.check("ris").is_ok());
     }
 
-    #[test]
-    fn pruning_forgets_callers_whose_budget_refilled() {
+    #[tokio::test]
+    async fn pruning_forgets_callers_whose_budget_refilled() {
         let limiter = PerKey::new(rate(1, 1_000_000.0));
         for i in 0..100 {
             limiter.check(&format!("caller-{i}")).unwrap();
         }
         assert_eq!(limiter.tracked(), 100);
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
         limiter.prune();
         assert_eq!(limiter.tracked(), 0);
     }
