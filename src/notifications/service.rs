@@ -503,19 +503,23 @@ pub fn replay_records(
         .take(MAX_LISTED_IDS)
         .map(|n| n.id.as_str())
         .collect();
-    let mut events = vec![
-        AuditEvent::new(Action::ReplaySent, now)
-            .by_system()
-            .user(socket.user_id.clone())
-            .session(socket.session_id.as_deref())
-            .detail(json!({
-                "channel": "socket.io",
-                "socketId": socket.socket_id,
-                "count": reached.len(),
-                "notificationIds": ids,
-                "remaining": remaining,
-            })),
-    ];
+    let mut events = Vec::with_capacity(2);
+    // A socket gone before the first emit was sent nothing: no summary.
+    if !reached.is_empty() {
+        events.push(
+            AuditEvent::new(Action::ReplaySent, now)
+                .by_system()
+                .user(socket.user_id.clone())
+                .session(socket.session_id.as_deref())
+                .detail(json!({
+                    "channel": "socket.io",
+                    "socketId": socket.socket_id,
+                    "count": reached.len(),
+                    "notificationIds": ids,
+                    "remaining": remaining,
+                })),
+        );
+    }
     if let Some(notification) = stalled_on {
         events.push(undelivered(
             notification,

@@ -607,7 +607,11 @@ fn within_limit<A: Adapter>(
     event: &str,
     reply: Reply<A>,
 ) -> Option<Reply<A>> {
-    let connection = socket.extensions.get::<Arc<Connection>>()?;
+    let Some(connection) = socket.extensions.get::<Arc<Connection>>() else {
+        // Unreachable (handlers are registered after authentication); the
+        // handler refuses it as not authenticated.
+        return Some(reply);
+    };
     match connection.events.check() {
         Ok(()) => Some(reply),
         Err(retry_after) => {
