@@ -31,6 +31,11 @@ jwt_secret = "benchmark-secret-0123456789abcdef"
 url = "$url"
 [audit]
 refusal_window = "5s"
+# One PACS identity raising as fast as it can: the default limit (a burst
+# of 500, then 50/s) would measure the limiter, not the raise path.
+[limits]
+raises_burst = 1000000
+raises_per_second = 1000000
 [logging]
 level = "warn"
 TOML

@@ -41,6 +41,13 @@ jwt_secret = "benchmark-secret-0123456789"
 url = "$url"
 [logging]
 level = "warn"
+# Capacity, not a hospital's traffic: one PACS and one viewer far past
+# their per-identity limits.
+[limits]
+raises_burst = 1000000
+raises_per_second = 1000000
+client_events_burst = 1000000
+client_events_per_second = 1000000
 TOML
   "$bin" serve --config "$work/$db.toml" > "$work/$db.out" 2>"$work/$db.err" &
   pid=$!

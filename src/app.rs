@@ -142,6 +142,8 @@ impl Application {
             config.audit.read_window,
             stop_writes.clone(),
         );
+        let limits = Arc::new(crate::limits::Limits::new(&config.limits));
+        limits.spawn_pruner(&tasks, shutdown.clone());
         let state_for = |hub: Hub| {
             let escalations = Escalations {
                 config: config.clone(),
@@ -174,6 +176,7 @@ impl Application {
                 tasks: tasks.clone(),
                 refusals: refusals.clone(),
                 reads: reads.clone(),
+                limits: limits.clone(),
             }
         };
         let (router, state) = match (store.backend(), &config.cluster.redis_url) {

@@ -46,7 +46,139 @@ pub struct Config {
     pub realtime: RealtimeConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
+
+/// Rate limits per identity: each is a burst that may be used at once, then
+/// a steady rate at which it refills (GCRA, the `governor` crate).
+///
+/// The defaults are sized on what a hospital sends, not on what the daemon
+/// can take: a PACS raises tens to hundreds of findings a day, and after an
+/// outage it flushes its queue — a day of one site's findings — at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Raises (`POST /api/v1/notifications`) per calling identity (`sub`).
+    #[serde(default = "default_raises_burst")]
+    pub raises_burst: u32,
+    #[serde(default = "default_raises_per_second")]
+    pub raises_per_second: f64,
+    /// Client events (acknowledgements, `activity`, subscriptions, …) per
+    /// socket.
+    #[serde(default = "default_client_events_burst")]
+    pub client_events_burst: u32,
+    #[serde(default = "default_client_events_per_second")]
+    pub client_events_per_second: f64,
+    /// Audit queries and exports (`/api/v1/audit`, timelines, the report)
+    /// per calling identity.
+    #[serde(default = "default_audit_queries_burst")]
+    pub audit_queries_burst: u32,
+    #[serde(default = "default_audit_queries_per_second")]
+    pub audit_queries_per_second: f64,
+    /// Socket.IO connections per user: each one costs a replay.
+    #[serde(default = "default_connects_burst")]
+    pub connects_burst: u32,
+    #[serde(default = "default_connects_per_second")]
+    pub connects_per_second: f64,
+}
+
+/// One limit: `burst` at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub burst: u32,
+    pub per_second: f64,
+}
+
+impl LimitsConfig {
+    pub fn raises(&self) -> Rate {
+        Rate {
+            burst: self.raises_burst,
+            per_second: self.raises_per_second,
+        }
+    }
+    pub fn client_events(&self) -> Rate {
+        Rate {
+            burst: self.client_events_burst,
+            per_second: self.client_events_per_second,
+        }
+    }
+    pub fn audit_queries(&self) -> Rate {
+        Rate {
+            burst: self.audit_queries_burst,
+            per_second: self.audit_queries_per_second,
+        }
+    }
+    pub fn connects(&self) -> Rate {
+        Rate {
+            burst: self.connects_burst,
+            per_second: self.connects_per_second,
+        }
+    }
+
+    /// Each limit with its key prefix, for validation.
+    fn all(&self) -> [(&'static str, Rate); 4] {
+        [
+            ("raises", self.raises()),
+            ("client_events", self.client_events()),
+            ("audit_queries", self.audit_queries()),
+            ("connects", self.connects()),
+        ]
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            raises_burst: default_raises_burst(),
+            raises_per_second: default_raises_per_second(),
+            client_events_burst: default_client_events_burst(),
+            client_events_per_second: default_client_events_per_second(),
+            audit_queries_burst: default_audit_queries_burst(),
+            audit_queries_per_second: default_audit_queries_per_second(),
+            connects_burst: default_connects_burst(),
+            connects_per_second: default_connects_per_second(),
+        }
+    }
+}
+
+/// A day of one large site's critical and actionable findings, flushed at
+/// once when the PACS comes back after an outage.
+fn default_raises_burst() -> u32 {
+    500
+}
+/// Far above any real steady rate (a PACS raises a few an hour), far below
+/// what the daemon commits (thousands a second): a looping caller is held
+/// to it without slowing the others.
+fn default_raises_per_second() -> f64 {
+    50.0
+}
+/// "Acknowledge all" on a long list, subscriptions at page load.
+fn default_client_events_burst() -> u32 {
+    100
+}
+fn default_client_events_per_second() -> f64 {
+    20.0
+}
+/// A reviewer paging through a month, or a script exporting it.
+fn default_audit_queries_burst() -> u32 {
+    60
+}
+fn default_audit_queries_per_second() -> f64 {
+    2.0
+}
+/// All of a user's tabs and devices reconnecting at once (a daemon restart,
+/// a network blip) fit in the burst.
+fn default_connects_burst() -> u32 {
+    20
+}
+fn default_connects_per_second() -> f64 {
+    1.0
+}
+
+/// The highest rate a limit may name: one event per microsecond is beyond
+/// anything the daemon serves, and keeps the refill period representable.
+pub const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
 
 /// The audit log: signed checkpoints, and how refused logins are written.
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +248,10 @@ pub struct RealtimeConfig {
     /// a connection over it is refused.
     #[serde(default = "default_max_sockets_per_user")]
     pub max_sockets_per_user: usize,
+    /// How many open notifications one connect replays at most; the rest
+    /// are announced (`replay_truncated`) for the client to page through.
+    #[serde(default = "default_max_replay")]
+    pub max_replay: usize,
 }
 
 impl Default for RealtimeConfig {
@@ -128,6 +264,7 @@ impl Default for RealtimeConfig {
             topics: BTreeMap::new(),
             max_topics_per_socket: default_max_topics_per_socket(),
             max_sockets_per_user: default_max_sockets_per_user(),
+            max_replay: default_max_replay(),
         }
     }
 }
@@ -143,6 +280,11 @@ fn default_max_topics_per_socket() -> usize {
 }
 fn default_max_sockets_per_user() -> usize {
     20
+}
+/// What readback is measured to replay on one connect well inside its
+/// goal (1,000 in under 500 ms, docs/benchmarks.md).
+fn default_max_replay() -> usize {
+    1000
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -1069,6 +1211,19 @@ impl Config {
         if realtime.max_sockets_per_user == 0 {
             problems.push("realtime.max_sockets_per_user: must be at least 1".into());
         }
+        if realtime.max_replay == 0 {
+            problems.push("realtime.max_replay: must be at least 1".into());
+        }
+        for (name, rate) in self.limits.all() {
+            if rate.burst == 0 {
+                problems.push(format!("limits.{name}_burst: must be at least 1"));
+            }
+            if !(rate.per_second > 0.0 && rate.per_second <= MAX_RATE_PER_SECOND) {
+                problems.push(format!(
+                    "limits.{name}_per_second: must be more than 0 and at most {MAX_RATE_PER_SECOND}"
+                ));
+            }
+        }
         if realtime.max_topics_per_socket == 0 {
             problems.push("realtime.max_topics_per_socket: must be at least 1".into());
         }
@@ -1450,6 +1605,47 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("scheduler.tick"), "{err}");
+    }
+
+    #[test]
+    fn limits_have_defaults_and_refuse_zero_and_negative() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(
+            config.limits.raises(),
+            Rate {
+                burst: 500,
+                per_second: 50.0
+            }
+        );
+        assert_eq!(config.realtime.max_replay, 1000);
+        let fractional = Config::from_toml(&format!(
+            "{MINIMAL}\n[limits]\naudit_queries_per_second = 0.5\nraises_burst = 3\n"
+        ))
+        .unwrap();
+        assert_eq!(fractional.limits.audit_queries().per_second, 0.5);
+        assert_eq!(fractional.limits.raises().burst, 3);
+        let err = Config::from_toml(&format!(
+            "{MINIMAL}\n[limits]\nraises_burst = 0\nclient_events_per_second = 0\n\
+             connects_per_second = -1.5\n[realtime]\nmax_replay = 0\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "limits.raises_burst: must be at least 1",
+            "limits.client_events_per_second: must be more than 0",
+            "limits.connects_per_second: must be more than 0",
+            "realtime.max_replay: must be at least 1",
+        ] {
+            assert!(err.contains(key), "{key} missing from {err}");
+        }
+        let negative =
+            Config::from_toml(&format!("{MINIMAL}\n[limits]\naudit_queries_burst = -1\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            negative.contains("limits.audit_queries_burst"),
+            "{negative}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod error;
 pub mod escalation;
 pub mod http;
 pub mod jwks;
+pub mod limits;
 pub mod metrics;
 pub mod notifications;
 pub mod realtime;

@@ -27,6 +27,7 @@ pub struct Metrics {
     /// Keys of the identity provider's JWKS tokens may be verified with.
     pub jwks_keys: Gauge,
     connections_refused: Family<Labels, Counter>,
+    rate_limited: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -57,6 +58,12 @@ impl Default for Metrics {
             "connections_refused",
             "Connections, Engine.IO handshakes and requests refused over a per-address cap, by cap",
             connections_refused.clone(),
+        );
+        let rate_limited = Family::<Labels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests, client events and connections refused by a rate limit, by limit",
+            rate_limited.clone(),
         );
         registry.register(
             "post_commit_failures",
@@ -111,6 +118,7 @@ impl Default for Metrics {
             jwks_refreshes,
             jwks_keys,
             connections_refused,
+            rate_limited,
         }
     }
 }
@@ -149,6 +157,14 @@ impl Metrics {
     pub fn connection_refused(&self, cap: &'static str) {
         self.connections_refused
             .get_or_create(&vec![("cap", cap)])
+            .inc();
+    }
+
+    /// A refusal by the `[limits]` limit `limit` (`raises`,
+    /// `client_events`, `audit_queries`, `connects`).
+    pub fn rate_limited(&self, limit: &'static str) {
+        self.rate_limited
+            .get_or_create(&vec![("limit", limit)])
             .inc();
     }
 

@@ -28,6 +28,8 @@ pub struct AppState {
     pub notifications: Notifications,
     pub sessions: Sessions,
     pub escalations: Escalations,
+    /// The rate limits the handlers check before doing any work.
+    pub limits: Arc<crate::limits::Limits>,
     /// Refused logins, counted and written once per window.
     pub refusals: crate::audit::refusals::Refusals,
     /// Reads of notifications and exports of the log, counted and written

@@ -140,7 +140,7 @@ async fn every_action_is_recorded_and_can_be_found(db: Db) {
     for expected in [
         "notification.raised",
         "notification.delivered",
-        "notification.replayed",
+        "replay.sent",
         "notification.acknowledged",
         "notification.cancelled",
         "notification.escalated",

@@ -38,7 +38,9 @@ fn cases() -> u32 {
 
 /// Limits loose enough that the fuzzer meets the parsers, not the rate
 /// limiters, and message events the fuzzer can aim at.
-const FUZZ_CONFIG: &str = "[realtime]\nmessage_events = [\"study_*\"]\n\n[realtime.topics]\nradiologist = [\"study:*\"]\n";
+const FUZZ_CONFIG: &str = "[realtime]\nmessage_events = [\"study_*\"]\n\n[realtime.topics]\nradiologist = [\"study:*\"]\n\n\
+     [limits]\nraises_burst = 1000000\nraises_per_second = 1000000\nclient_events_burst = 1000000\n\
+     client_events_per_second = 1000000\nconnects_burst = 1000000\nconnects_per_second = 1000000\n";
 
 // ---- generators -----------------------------------------------------------
 

@@ -51,10 +51,11 @@ pub enum Action {
     ConnectionReplaced,
     NotificationRead,
     AuditExported,
+    ReplaySent,
 }
 
 impl Action {
-    pub const ALL: [Action; 25] = [
+    pub const ALL: [Action; 26] = [
         Action::NotificationRaised,
         Action::NotificationDelivered,
         Action::NotificationReplayed,
@@ -80,6 +81,7 @@ impl Action {
         Action::ConnectionReplaced,
         Action::NotificationRead,
         Action::AuditExported,
+        Action::ReplaySent,
     ];
 
     pub fn parse(text: &str) -> Option<Action> {
@@ -113,6 +115,7 @@ impl Action {
             Action::ConnectionReplaced => "connection.replaced",
             Action::NotificationRead => "notification.read",
             Action::AuditExported => "audit.exported",
+            Action::ReplaySent => "replay.sent",
         }
     }
 }

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::auth::TokenError;
 use crate::error::Error;
+use crate::limits::RetryAfter;
 use crate::store::StoreError;
 use crate::validation::FieldError;
 
@@ -42,6 +43,9 @@ pub enum ApiError {
         humantime::format_duration(*.0)
     )]
     TimedOut(std::time::Duration),
+    /// The caller spent its budget of this kind of request (`[limits]`).
+    #[error("too many requests; retry after {} s", .0.whole_seconds())]
+    RateLimited(RetryAfter),
 }
 
 impl From<FieldError> for ApiError {
@@ -76,6 +80,7 @@ impl ApiError {
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TimedOut(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -91,6 +96,7 @@ impl ApiError {
             ApiError::NotReady(_) => "not_ready",
             ApiError::TooManyConnections(_) => "too_many_connections",
             ApiError::TimedOut(_) => "request_timeout",
+            ApiError::RateLimited(_) => "rate_limited",
         }
     }
 }
@@ -122,6 +128,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::RateLimited(retry_after) = &self {
+            headers.insert(header::RETRY_AFTER, retry_after.whole_seconds().into());
+        }
         match status {
             StatusCode::UNAUTHORIZED => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

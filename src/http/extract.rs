@@ -19,6 +19,7 @@ use crate::audit::{Action, AuditEvent};
 use crate::auth::{Identity, TokenError, roles};
 use crate::client_addr::ClientAddr;
 use crate::clock::Timestamp;
+use crate::limits::PerKey;
 use crate::state::AppState;
 use crate::store::audit::append_alone;
 use crate::validation::FieldError;
@@ -118,6 +119,24 @@ impl<R: Roles> FromRequestParts<AppState> for Authorized<R> {
         }
         Ok(Self(identity, PhantomData))
     }
+}
+
+/// Spends one unit of `caller`'s budget in `limiter` (the `[limits]` limit
+/// named `limit`), before the handler does any work: over it, `429` with
+/// `Retry-After`, counted in `readback_rate_limited_total{limit}`.
+pub fn within_limit(
+    state: &AppState,
+    limiter: &PerKey,
+    limit: &'static str,
+    caller: &Identity,
+) -> Result<(), ApiError> {
+    limiter.check(&caller.user_id).map_err(|retry_after| {
+        state.metrics.rate_limited(limit);
+        // Not logged above debug: a flood would flood the log too; the
+        // metric is what operators watch.
+        tracing::debug!(caller = %caller.user_id, limit, ?retry_after, "rate limited");
+        ApiError::RateLimited(retry_after)
+    })
 }
 
 async fn audit(state: &AppState, event: AuditEvent) {

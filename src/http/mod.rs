@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
             delete(admin::disconnect_user),
         )
         .route("/me/status", get(admin::me))
+        .route("/me/notifications", get(notifications::mine))
         .route("/presence", get(admin::presence))
         .route("/messages", post(messages::send))
         .route("/sessions", get(sessions::list))

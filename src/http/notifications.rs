@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::extract::{
-    Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json, page_limit, query_time,
+    AnyRole, Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json, page_limit,
+    query_time, within_limit,
 };
 use crate::audit::reads::Read;
 use crate::notifications::service::Trace;
@@ -58,6 +59,9 @@ pub async fn raise(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // Per service identity, so one looping integration cannot starve
+    // another; refused before anything is stored.
+    within_limit(&state, &state.limits.raises, "raises", &caller)?;
     let idempotency_key =
         match headers.get("idempotency-key") {
             Some(value) => Some(value.to_str().map_err(|_| {
@@ -186,6 +190,40 @@ pub async fn list(
             notifications: &page,
         },
     );
+    let items: Vec<Value> = page.iter().map(|n| view(n, None)).collect();
+    Ok(Json(json!({ "items": items, "nextCursor": next_cursor })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MineQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/v1/me/notifications`: the caller's own open notifications,
+/// due first — how a viewer reads what a bounded replay left out (the
+/// `replay_truncated` event gives the cursor to start from). Audited, and
+/// counted against the caller's `limits.audit_queries_*` budget.
+pub async fn mine(
+    State(state): State<AppState>,
+    Authorized(caller, _): Authorized<AnyRole>,
+    QueryParams(query): QueryParams<MineQuery>,
+) -> Result<Json<Value>, ApiError> {
+    within_limit(
+        &state,
+        &state.limits.audit_queries,
+        "audit_queries",
+        &caller,
+    )?;
+    let limit = page_limit(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    let (page, next_cursor) = service::open_page(
+        &state.notifications,
+        &caller,
+        query.cursor.as_deref(),
+        limit,
+    )
+    .await?;
     let items: Vec<Value> = page.iter().map(|n| view(n, None)).collect();
     Ok(Json(json!({ "items": items, "nextCursor": next_cursor })))
 }

@@ -30,8 +30,9 @@ use crate::realtime::hub::Hub;
 use crate::store::Store;
 use crate::store::escalation::{self as escalation_sql, EmailStatus, FiredStep};
 use crate::store::group_commit::Committer;
-use crate::store::notifications::{self as sql, Delivery, ListFilter};
+use crate::store::notifications::{self as sql, Delivery, ListFilter, OpenCursor};
 use crate::store::{StoreError, audit};
+use crate::validation::FieldError;
 
 /// What raising, delivering, acknowledging and cancelling use.
 #[derive(Clone)]
@@ -282,7 +283,9 @@ fn retry_recording(
 }
 
 /// One delivery row and one audit row per (notification, socket) reached,
-/// and a `notification.undelivered` audit row per socket missed.
+/// and a `notification.undelivered` audit row per socket missed: a live
+/// delivery, or the resend of a PACS's retried raise (`replayed`). A
+/// connect's replay is recorded by [`replay_records`].
 pub fn delivery_records(
     reached: &[(&Notification, Sent)],
     missed: &[(&Notification, Sent, &'static str)],
@@ -314,22 +317,32 @@ pub fn delivery_records(
         );
     }
     for (notification, socket, why) in missed {
-        events.push(
-            AuditEvent::new(Action::NotificationUndelivered, now)
-                .by_system()
-                .user(socket.user_id.clone())
-                .about(notification)
-                .session(socket.session_id.as_deref())
-                .outcome("failed")
-                .detail(json!({
-                    "socketId": socket.socket_id,
-                    "reason": why,
-                    "replayed": replayed,
-                    "then": "disconnected; sent again when the client reconnects",
-                })),
-        );
+        events.push(undelivered(notification, socket, why, replayed, now));
     }
     (deliveries, events)
+}
+
+/// The `notification.undelivered` row of a socket whose send buffer stayed
+/// full: it was disconnected, and gets the notification by replay.
+fn undelivered(
+    notification: &Notification,
+    socket: &Sent,
+    why: &str,
+    replayed: bool,
+    now: Timestamp,
+) -> AuditEvent {
+    AuditEvent::new(Action::NotificationUndelivered, now)
+        .by_system()
+        .user(socket.user_id.clone())
+        .about(notification)
+        .session(socket.session_id.as_deref())
+        .outcome("failed")
+        .detail(json!({
+            "socketId": socket.socket_id,
+            "reason": why,
+            "replayed": replayed,
+            "then": "disconnected; sent again when the client reconnects",
+        }))
 }
 
 /// Writes delivery records (after the emit: a crash in between loses only
@@ -354,13 +367,171 @@ pub async fn record(
     Ok(())
 }
 
-/// Open notifications a connecting user must be sent again, oldest first.
-pub async fn pending_for(
+/// What one connect replays: at most `realtime.max_replay` of the user's
+/// open notifications — the ones due first, so the most urgent are never
+/// the ones left out — in raise order, as the contract sends them.
+pub struct Backlog {
+    pub notifications: Vec<Notification>,
+    /// Open notifications left out by the bound.
+    pub remaining: u64,
+    /// Where the left-out ones start, for `GET /api/v1/me/notifications`.
+    pub next_cursor: Option<String>,
+}
+
+/// The backlog a connecting user is sent (see [`Backlog`]).
+pub async fn backlog(
     notifications: &Notifications,
     who: &Identity,
-) -> Result<Vec<Notification>, Error> {
+    max: usize,
+) -> Result<Backlog, Error> {
     let mut conn = notifications.store.conn().await?;
-    Ok(sql::open_for(&mut conn, &who.user_id, &who.roles).await?)
+    let bound = u32::try_from(max).unwrap_or(u32::MAX);
+    let mut due_first = sql::open_for(
+        &mut conn,
+        &who.user_id,
+        &who.roles,
+        None,
+        bound.saturating_add(1),
+    )
+    .await?;
+    let (remaining, next_cursor) = if due_first.len() > max {
+        due_first.truncate(max);
+        // Counted only when the bound bites: the common connect reads once.
+        let open = sql::count_open_for(&mut conn, &who.user_id, &who.roles).await?;
+        (
+            u64::try_from(open).unwrap_or(0).saturating_sub(max as u64),
+            due_first.last().map(|n| cursor_text(OpenCursor::after(n))),
+        )
+    } else {
+        (0, None)
+    };
+    due_first.sort_by_key(|n| n.seq);
+    Ok(Backlog {
+        notifications: due_first,
+        remaining,
+        next_cursor,
+    })
+}
+
+/// A page of the caller's own open notifications, due first, from
+/// `cursor` (as [`Backlog::next_cursor`] or a previous page gave it): how a
+/// viewer reads what a bounded replay left out. The page is audited as a
+/// `replay.sent` row.
+pub async fn open_page(
+    notifications: &Notifications,
+    who: &Identity,
+    cursor: Option<&str>,
+    limit: u32,
+) -> Result<(Vec<Notification>, Option<String>), Error> {
+    let after = cursor
+        .map(|text| {
+            parse_cursor(text)
+                .ok_or_else(|| FieldError::new("cursor", "is not a cursor this API returned"))
+        })
+        .transpose()?;
+    let mut conn = notifications.store.conn().await?;
+    let mut page = sql::open_for(
+        &mut conn,
+        &who.user_id,
+        &who.roles,
+        after,
+        limit.saturating_add(1),
+    )
+    .await?;
+    drop(conn);
+    let next = if page.len() > limit as usize {
+        page.truncate(limit as usize);
+        page.last().map(|n| cursor_text(OpenCursor::after(n)))
+    } else {
+        None
+    };
+    if !page.is_empty() {
+        let ids: Vec<&str> = page.iter().map(|n| n.id.as_str()).collect();
+        let event = AuditEvent::new(Action::ReplaySent, Timestamp::now())
+            .by(who)
+            .user(who.user_id.clone())
+            .detail(json!({
+                "channel": "http",
+                "count": page.len(),
+                "notificationIds": ids,
+                "cursor": cursor,
+            }));
+        audit::append_alone(&notifications.store, &event).await?;
+    }
+    Ok((page, next))
+}
+
+/// A cursor as the API shows it: opaque to clients.
+fn cursor_text(cursor: OpenCursor) -> String {
+    format!("{}.{}", cursor.ack_deadline.as_millis(), cursor.seq)
+}
+
+fn parse_cursor(text: &str) -> Option<OpenCursor> {
+    let (deadline, seq) = text.split_once('.')?;
+    Some(OpenCursor {
+        ack_deadline: Timestamp::from_millis(deadline.parse().ok()?),
+        seq: seq.parse().ok().filter(|seq| *seq > 0)?,
+    })
+}
+
+/// How many ids a `replay.sent` row lists: the count is exact, the ids
+/// past it are in the deliveries table.
+const MAX_LISTED_IDS: usize = 100;
+
+/// The records of one connect's replay: a delivery row per notification
+/// reached (`replayed`), one `replay.sent` audit row for the whole replay
+/// (not one per notification: a reconnecting viewer with hundreds open
+/// would write hundreds of rows per connect), and a
+/// `notification.undelivered` row for the one it stalled on, if it did.
+pub fn replay_records(
+    socket: &Sent,
+    reached: &[&Notification],
+    stalled_on: Option<&Notification>,
+    remaining: u64,
+) -> (Vec<Delivery>, Vec<AuditEvent>) {
+    let now = Timestamp::now();
+    let deliveries = reached
+        .iter()
+        .map(|notification| Delivery {
+            notification_id: notification.id.clone(),
+            user_id: socket.user_id.clone(),
+            socket_id: socket.socket_id.clone(),
+            delivered_at: now,
+            replayed: true,
+        })
+        .collect();
+    let ids: Vec<&str> = reached
+        .iter()
+        .take(MAX_LISTED_IDS)
+        .map(|n| n.id.as_str())
+        .collect();
+    let mut events = Vec::with_capacity(2);
+    // A socket gone before the first emit was sent nothing: no summary.
+    if !reached.is_empty() {
+        events.push(
+            AuditEvent::new(Action::ReplaySent, now)
+                .by_system()
+                .user(socket.user_id.clone())
+                .session(socket.session_id.as_deref())
+                .detail(json!({
+                    "channel": "socket.io",
+                    "socketId": socket.socket_id,
+                    "count": reached.len(),
+                    "notificationIds": ids,
+                    "remaining": remaining,
+                })),
+        );
+    }
+    if let Some(notification) = stalled_on {
+        events.push(undelivered(
+            notification,
+            socket,
+            crate::realtime::hub::SEND_BUFFER_FULL,
+            true,
+            now,
+        ));
+    }
+    (deliveries, events)
 }
 
 /// The answer to an acknowledgement: the first one's time and author, also

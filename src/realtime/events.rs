@@ -27,6 +27,7 @@ pub const USER_ONLINE: &str = "user_online";
 pub const USER_OFFLINE: &str = "user_offline";
 pub const CONSOLE_UPDATE: &str = "console_update";
 pub const TOKEN_EXPIRED: &str = "token_expired";
+pub const REPLAY_TRUNCATED: &str = "replay_truncated";
 
 // Client → server.
 pub const ACTIVITY: &str = "activity";
@@ -37,7 +38,7 @@ pub const UNSUBSCRIBE: &str = "unsubscribe";
 pub const REAUTH: &str = "reauth";
 
 /// Every name above: `POST /api/v1/messages` may not use them.
-pub const ALL: [&str; 19] = [
+pub const ALL: [&str; 20] = [
     CONNECTED,
     CRITICAL_NOTIFICATION,
     NOTIFICATION_ACKNOWLEDGED,
@@ -57,6 +58,7 @@ pub const ALL: [&str; 19] = [
     CONSOLE_UPDATE,
     TOKEN_EXPIRED,
     REAUTH,
+    REPLAY_TRUNCATED,
 ];
 
 /// `token_expired`: the socket's token has expired; it is disconnected at
@@ -66,6 +68,18 @@ pub const ALL: [&str; 19] = [
 pub struct TokenExpired {
     pub expired_at: Timestamp,
     pub disconnect_at: Timestamp,
+    pub timestamp: Timestamp,
+}
+
+/// `replay_truncated`: the connect replayed `sent` open notifications (the
+/// ones due first) and `remaining` more are open; the client reads them
+/// with `GET /api/v1/me/notifications?cursor={nextCursor}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayTruncated<'a> {
+    pub sent: usize,
+    pub remaining: u64,
+    pub next_cursor: &'a str,
     pub timestamp: Timestamp,
 }
 

@@ -17,6 +17,7 @@ use crate::auth::{Identity, TokenError};
 use crate::client_addr::{ClientAddr, SessionPlaces};
 use crate::clock::Timestamp;
 use crate::error::Error;
+use crate::limits::RetryAfter;
 use crate::notifications::service;
 use crate::realtime::rooms::{role_room, session_room, user_room};
 use crate::sessions::service::{self as sessions, OnConnect, SessionClock};
@@ -80,9 +81,10 @@ async fn authenticate<A: Adapter>(
             if let Some(places) = parts.extensions.get::<Arc<SessionPlaces>>() {
                 places.authenticated();
             }
-            socket
-                .extensions
-                .insert(Arc::new(Connection::new(verified)));
+            socket.extensions.insert(Arc::new(Connection::new(
+                verified,
+                state.limits.socket_events(),
+            )));
             Ok(())
         }
         Err(refusal) => {
@@ -144,6 +146,13 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
         return Ok(());
     };
     let identity = &connection.identity;
+    // Each connect costs a replay: a client reconnecting in a loop is
+    // refused before any of that work (the database included).
+    if state.limits.connects.check(&identity.user_id).is_err() {
+        state.metrics.rate_limited("connects");
+        tracing::debug!(user = %identity.user_id, "connecting too often; refused");
+        return Err(Refused::TooManyAttempts);
+    }
     // A revoked user's tokens issued before the revocation stay out. If the
     // database cannot say, the connection is let in (its token is valid,
     // and a viewer must keep receiving findings through a database blip:
@@ -228,6 +237,9 @@ pub enum Refused {
     /// An admin revoked the user's tokens issued before now.
     #[error("Authentication token revoked")]
     Revoked,
+    /// The user connected more often than `limits.connects_*` allow.
+    #[error("Too many connection attempts")]
+    TooManyAttempts,
 }
 
 /// Why the token's session ended, for the `session_expired` event.
@@ -443,17 +455,21 @@ async fn touch<A: Adapter>(socket: &SocketRef<A>, state: &AppState) -> Option<Ti
     Some(sessions::touch(&state.sessions, &clock).await)
 }
 
-/// Sends every open notification of the user (direct or through a role),
-/// oldest first, marked `replayed`.
+/// Sends the user's open notifications (direct or through a role), oldest
+/// first, marked `replayed` — at most `realtime.max_replay` of them, the
+/// ones due first; when more are open, `replay_truncated` tells the client
+/// how many and where to read them. The work of one connect is bounded by
+/// that, and connects per user by `limits.connects_*`.
 async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &Identity) {
     // A connected viewer must get its backlog: while the database is busy
     // or away (a reconnect storm, a failover), retry for as long as the
     // socket stays connected. A socket that goes meanwhile gets it on its
     // next connect.
     let mut retry_in = std::time::Duration::from_millis(100);
-    let pending = loop {
-        match service::pending_for(&state.notifications, identity).await {
-            Ok(pending) => break pending,
+    let max = state.config.realtime.max_replay;
+    let backlog = loop {
+        match service::backlog(&state.notifications, identity, max).await {
+            Ok(backlog) => break backlog,
             Err(e) => {
                 if !socket.connected() {
                     return;
@@ -464,14 +480,18 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
             }
         }
     };
+    if backlog.notifications.is_empty() {
+        return;
+    }
     let sent = Sent {
         socket_id: socket.id.to_string(),
         user_id: identity.user_id.clone(),
         session_id: identity.session_id.clone(),
     };
-    let mut reached = Vec::with_capacity(pending.len());
-    let mut missed = Vec::new();
-    for notification in &pending {
+    let mut reached = Vec::with_capacity(backlog.notifications.len());
+    let mut stalled_on = None;
+    let mut complete = true;
+    for notification in &backlog.notifications {
         match emit_waiting(
             socket,
             events::CRITICAL_NOTIFICATION,
@@ -479,24 +499,34 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
         )
         .await
         {
-            Queued::Yes => reached.push((notification, sent.clone())),
+            Queued::Yes => reached.push(notification),
             // Disconnected meanwhile: the rest is replayed on the next connect.
-            Queued::Gone => break,
+            Queued::Gone => {
+                complete = false;
+                break;
+            }
             Queued::Stalled => {
                 // Not reading for too long: dropped, so a real client
                 // reconnects and gets the rest then.
                 tracing::warn!(socket = %socket.id, "replay stalled on a full send buffer; disconnecting");
                 let _ = socket.clone().disconnect();
-                missed.push((
-                    notification,
-                    sent.clone(),
-                    crate::realtime::hub::SEND_BUFFER_FULL,
-                ));
+                stalled_on = Some(notification);
+                complete = false;
                 break;
             }
         }
     }
-    let (deliveries, events) = service::delivery_records(&reached, &missed, true);
+    if complete && let Some(next_cursor) = &backlog.next_cursor {
+        let truncated = events::ReplayTruncated {
+            sent: reached.len(),
+            remaining: backlog.remaining,
+            next_cursor,
+            timestamp: Timestamp::now(),
+        };
+        let _ = emit_waiting(socket, events::REPLAY_TRUNCATED, &truncated).await;
+    }
+    let (deliveries, events) =
+        service::replay_records(&sent, &reached, stalled_on, backlog.remaining);
     if let Err(e) = service::record(&state.notifications, deliveries, events, true).await {
         tracing::error!(socket = %socket.id, error = %e, "could not record replayed deliveries");
     }
@@ -560,6 +590,9 @@ fn on_request<A, F, Fut>(
         move |socket: SocketRef<A>, TryData(data): TryData<Value>, reply: Reply<A>| {
             let (state, handle) = (state.clone(), handle.clone());
             async move {
+                let Some(reply) = within_limit(&socket, &state, event, reply) else {
+                    return;
+                };
                 if activity {
                     touch(&socket, &state).await;
                 }
@@ -568,6 +601,31 @@ fn on_request<A, F, Fut>(
             }
         },
     );
+}
+
+/// Spends one unit of the socket's budget of client events: within it, the
+/// reply to answer with; over it, the event is refused `rate_limited`
+/// before it touches anything (the session's activity included).
+fn within_limit<A: Adapter>(
+    socket: &SocketRef<A>,
+    state: &AppState,
+    event: &str,
+    reply: Reply<A>,
+) -> Option<Reply<A>> {
+    let Some(connection) = socket.extensions.get::<Arc<Connection>>() else {
+        // Unreachable (handlers are registered after authentication); the
+        // handler refuses it as not authenticated.
+        return Some(reply);
+    };
+    match connection.events.check() {
+        Ok(()) => Some(reply),
+        Err(retry_after) => {
+            state.metrics.rate_limited("client_events");
+            tracing::debug!(socket = %socket.id, event, ?retry_after, "client event rate limited");
+            reply.rate_limited(event, retry_after);
+            None
+        }
+    }
 }
 
 fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
@@ -612,6 +670,9 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
         move |socket: SocketRef<A>, reply: Reply<A>| {
             let state = activity_state.clone();
             async move {
+                let Some(reply) = within_limit(&socket, &state, events::ACTIVITY, reply) else {
+                    return;
+                };
                 let expires_at = touch(&socket, &state).await;
                 reply.answer(
                     events::ACTIVITY,
@@ -625,6 +686,9 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
         move |socket: SocketRef<A>, Event(event): Event, reply: Reply<A>| {
             let state = fallback_state.clone();
             async move {
+                let Some(reply) = within_limit(&socket, &state, &event, reply) else {
+                    return;
+                };
                 touch(&socket, &state).await;
                 let error =
                     Error::Invalid(FieldError::new("event", format!("unknown event `{event}`")));
@@ -808,24 +872,51 @@ impl<A: Adapter> FromMessageParts<A> for Reply<A> {
 
 impl<A: Adapter> Reply<A> {
     fn answer(self, event: &str, result: Result<Value, Error>) {
-        let sent = match result {
-            Ok(answer) => self.ack.send(&answer),
+        match result {
+            Ok(answer) => {
+                if let Err(e) = self.ack.send(&answer) {
+                    tracing::debug!(event, error = %e, "could not answer a client event");
+                }
+            }
             Err(error) => {
                 if let Error::Store(e) = &error {
                     tracing::error!(event, error = %e, "client event failed");
                 }
-                let code = error.code();
-                let message = error.public_message();
-                if self.wants_ack {
-                    self.ack
-                        .send(&json!({ "ok": false, "code": code, "message": message }))
-                } else {
-                    self.socket.emit(
-                        events::ERROR,
-                        &json!({ "code": code, "message": message, "event": event }),
-                    )
-                }
+                self.refuse(event, error.code(), &error.public_message(), None);
             }
+        }
+    }
+
+    /// Over the socket's budget of client events: `rate_limited`, with the
+    /// milliseconds until the next event would be accepted.
+    fn rate_limited(self, event: &str, retry_after: RetryAfter) {
+        self.refuse(
+            event,
+            "rate_limited",
+            &format!(
+                "too many events on this connection; retry after {} ms",
+                retry_after.millis()
+            ),
+            Some(retry_after.millis()),
+        );
+    }
+
+    /// The one shape of a refusal: `{ ok: false, code, message }` through
+    /// the ack callback when the client asked for one, else an `error`
+    /// event `{ code, message, event }`.
+    fn refuse(self, event: &str, code: &str, message: &str, retry_after_ms: Option<u64>) {
+        let mut refusal = if self.wants_ack {
+            json!({ "ok": false, "code": code, "message": message })
+        } else {
+            json!({ "code": code, "message": message, "event": event })
+        };
+        if let Some(millis) = retry_after_ms {
+            refusal["retryAfter"] = json!(millis);
+        }
+        let sent = if self.wants_ack {
+            self.ack.send(&refusal)
+        } else {
+            self.socket.emit(events::ERROR, &refusal)
         };
         if let Err(e) = sent {
             tracing::debug!(event, error = %e, "could not answer a client event");

@@ -38,10 +38,12 @@ pub struct Connection {
     pub gone: tokio_util::sync::CancellationToken,
     /// The token's `iat`, for revocations ("tokens issued before …").
     pub token_issued_at: Option<Timestamp>,
+    /// This socket's budget of client events (`[limits]`).
+    pub events: crate::limits::PerSocket,
 }
 
 impl Connection {
-    pub fn new(verified: crate::auth::Verified) -> Self {
+    pub fn new(verified: crate::auth::Verified, events: crate::limits::PerSocket) -> Self {
         let crate::auth::Verified {
             identity,
             expires_at: token_expires_at,
@@ -54,6 +56,7 @@ impl Connection {
             token_expires_at: std::sync::atomic::AtomicI64::new(token_expires_at.as_millis()),
             reauthenticated: tokio::sync::Notify::new(),
             gone: tokio_util::sync::CancellationToken::new(),
+            events,
         }
     }
 

@@ -155,32 +155,87 @@ pub async fn find_by_idempotency_key(
     Ok(row.as_ref().map(from_row).transpose()?)
 }
 
-/// Open notifications addressed to the user or to any of the roles, oldest
-/// first: what a connecting socket must be sent again.
-pub async fn open_for(
-    conn: &mut AnyConnection,
-    user_id: &str,
-    roles: &[String],
-) -> Result<Vec<Notification>, StoreError> {
+/// Where a page of a user's open notifications (in [`open_for`]'s order)
+/// ends: the next page starts after this deadline and `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenCursor {
+    pub ack_deadline: Timestamp,
+    pub seq: i64,
+}
+
+impl OpenCursor {
+    pub fn after(notification: &Notification) -> Self {
+        Self {
+            ack_deadline: notification.ack_deadline,
+            seq: notification.seq,
+        }
+    }
+}
+
+/// `WHERE` of a user's open notifications (direct, or through one of
+/// `roles`): `$1` is the user, `$2…` the roles.
+fn open_clause(roles: &[String]) -> String {
+    // Two indexed branches (`notifications_open_by_user`, `…_by_role`).
+    let open = "state IN ('pending', 'escalated')";
     let role_clause = if roles.is_empty() {
         String::new()
     } else {
         format!(
-            " OR (recipient_role IN ({}) AND state IN ('pending', 'escalated'))",
+            " OR (recipient_role IN ({}) AND {open})",
             placeholders(2, roles.len())
         )
     };
+    format!("((recipient_user_id = $1 AND {open}){role_clause})")
+}
+
+/// A user's open notifications, the ones due first (acknowledgement
+/// deadline, then raise order): at most `limit`, after `after`.
+pub async fn open_for(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    roles: &[String],
+    after: Option<OpenCursor>,
+    limit: u32,
+) -> Result<Vec<Notification>, StoreError> {
+    let next = roles.len() + 2;
+    let cursor_clause = match after {
+        Some(_) => format!(
+            " AND (ack_deadline > ${next} OR (ack_deadline = ${next} AND seq > ${}))",
+            next + 1
+        ),
+        None => String::new(),
+    };
     let sql = format!(
-        "SELECT {COLUMNS} FROM notifications \
-         WHERE (recipient_user_id = $1 AND state IN ('pending', 'escalated')){role_clause} \
-         ORDER BY seq"
+        "SELECT {COLUMNS} FROM notifications WHERE {}{cursor_clause} \
+         ORDER BY ack_deadline, seq LIMIT {limit}",
+        open_clause(roles)
     );
     let mut query = sqlx::query(AssertSqlSafe(sql)).bind(user_id);
     for role in roles {
         query = query.bind(role);
     }
+    if let Some(after) = after {
+        query = query.bind(after.ack_deadline.as_millis()).bind(after.seq);
+    }
     let rows = query.fetch_all(&mut *conn).await?;
     Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+}
+
+/// How many notifications are open for a user (direct or through a role).
+pub async fn count_open_for(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    roles: &[String],
+) -> Result<i64, StoreError> {
+    let sql = format!(
+        "SELECT COUNT(*) FROM notifications WHERE {}",
+        open_clause(roles)
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql)).bind(user_id);
+    for role in roles {
+        query = query.bind(role);
+    }
+    Ok(query.fetch_one(&mut *conn).await?.try_get::<i64, _>(0)?)
 }
 
 /// Compare-and-set from an open state to `acknowledged`, plus the

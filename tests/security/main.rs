@@ -8,6 +8,7 @@
 mod common;
 mod email;
 mod jwks;
+mod rate_limits;
 mod transport;
 
 use std::time::Duration;
