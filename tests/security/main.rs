@@ -6,6 +6,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod takeover;
 
 use std::time::Duration;
 
