@@ -185,7 +185,10 @@ async fn retried(
     };
     let mut deliveries = recorded;
     if matches!(existing.state, State::Pending | State::Escalated) {
-        let skip: Vec<String> = deliveries.iter().map(|d| d.socket_id.clone()).collect();
+        let skip: Vec<String> = deliveries
+            .iter()
+            .map(|d| d.connection_id.clone())
+            .collect();
         deliveries.extend(deliver(notifications, &existing, &skip, true).await.0);
     }
     Ok(Raised {
@@ -298,7 +301,7 @@ pub fn delivery_records(
         deliveries.push(Delivery {
             notification_id: notification.id.clone(),
             user_id: socket.user_id.clone(),
-            socket_id: socket.socket_id.clone(),
+            connection_id: socket.connection_id.clone(),
             delivered_at: now,
             replayed,
         });
@@ -308,7 +311,7 @@ pub fn delivery_records(
                 .user(socket.user_id.clone())
                 .about(notification)
                 .session(socket.session_id.as_deref())
-                .detail(json!({ "socketId": socket.socket_id })),
+                .detail(json!({ "socketId": socket.connection_id })),
         );
     }
     for (notification, socket, why) in missed {
@@ -320,7 +323,7 @@ pub fn delivery_records(
                 .session(socket.session_id.as_deref())
                 .outcome("failed")
                 .detail(json!({
-                    "socketId": socket.socket_id,
+                    "socketId": socket.connection_id,
                     "reason": why,
                     "replayed": replayed,
                     "then": "disconnected; sent again when the client reconnects",
@@ -379,7 +382,7 @@ pub async fn acknowledge(
     notifications: &Notifications,
     caller: &Identity,
     id: &str,
-    socket_id: Option<&str>,
+    connection_id: Option<&str>,
 ) -> Result<Acknowledged, Error> {
     let now = Timestamp::now();
     let mut tx = notifications.store.begin().await?;
@@ -392,7 +395,7 @@ pub async fn acknowledge(
         // The same answer as for an unknown id, so ids cannot be probed.
         return Err(Error::NotFound(format!("notification {id} not found")));
     }
-    if sql::acknowledge(&mut tx, id, &caller.user_id, socket_id, "socket", now).await? {
+    if sql::acknowledge(&mut tx, id, &caller.user_id, connection_id, "socket", now).await? {
         audit::append(
             &mut tx,
             &AuditEvent::new(Action::NotificationAcknowledged, now)
@@ -400,7 +403,7 @@ pub async fn acknowledge(
                 .about(&notification)
                 .session(caller.session_id.as_deref())
                 .detail(json!({
-                    "socketId": socket_id,
+                    "socketId": connection_id,
                     "millisToAcknowledge": now.millis_since(notification.created_at),
                     "withinDeadline": now <= notification.ack_deadline,
                 })),

@@ -13,11 +13,11 @@ use socketioxide_core::adapter::DefinedAdapter;
 
 use super::{Connection, Sent, events, topics};
 use crate::audit::{Action, AuditEvent};
-use crate::auth::{Identity, TokenError};
+use crate::auth::TokenError;
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::notifications::service;
-use crate::realtime::rooms::{role_room, session_room, user_room};
+use crate::realtime::rooms::{connection_room, role_room, session_room, user_room};
 use crate::sessions::service::{self as sessions, OnConnect, SessionClock};
 use crate::state::AppState;
 use crate::validation::{FieldError, check_identifier, check_text};
@@ -71,9 +71,11 @@ async fn authenticate<A: Adapter>(
     };
     match verified {
         Ok(verified) => {
-            socket
-                .extensions
-                .insert(Arc::new(Connection::new(verified)));
+            let connection = Connection::new(verified);
+            // Before anything can name this socket: its own room carries its
+            // connection id to every daemon of a cluster.
+            socket.join(connection_room(&connection.id));
+            socket.extensions.insert(Arc::new(connection));
             Ok(())
         }
         Err(refusal) => {
@@ -160,7 +162,7 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
         }
         Ok(_) => {}
         Err(e) => {
-            tracing::error!(socket = %socket.id, error = %e, "cannot check revocations; letting a valid token in");
+            tracing::error!(connection = %connection.id, error = %e, "cannot check revocations; letting a valid token in");
         }
     }
     crate::escalation::service::remember(&state.escalations, identity).await;
@@ -178,7 +180,7 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
         Err(e) => {
             // Fail closed: a session that cannot be checked may have been
             // terminated; the client retries (socket.io-client reconnects).
-            tracing::error!(socket = %socket.id, error = %e, "cannot check the token's session; connection refused");
+            tracing::error!(connection = %connection.id, error = %e, "cannot check the token's session; connection refused");
             return Err(Refused::Unavailable);
         }
     };
@@ -189,7 +191,7 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
         return Ok(());
     };
     if state.config.realtime.single_connection_per_user {
-        replace_older_connections(&socket, &state, identity).await;
+        replace_older_connections(&state, &connection).await;
     } else {
         // A radiologist has a few tabs and devices, not hundreds: the newest
         // connection over the cap is refused (on this daemon; counting
@@ -270,14 +272,14 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
         }
     }
     let identity = &connection.identity;
-    tracing::info!(socket = %socket.id, user = %identity.user_id, "connected");
+    tracing::info!(connection = %connection.id, user = %identity.user_id, "connected");
     if state.config.realtime.presence_events {
-        announce_presence(&socket, &state, identity, true).await;
+        announce_presence(&state, &connection, true).await;
     }
     let _ = socket.emit(
         events::CONNECTED,
         &events::Connected {
-            socket_id: socket.id.to_string(),
+            socket_id: &connection.id,
             user_id: &identity.user_id,
             session_id: identity.session_id.as_deref(),
             roles: &identity.roles,
@@ -290,7 +292,7 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
         connection.clone(),
         state.config.auth.expired_token_grace,
     );
-    replay(&socket, &state, identity).await;
+    replay(&socket, &state, &connection).await;
 }
 
 /// A socket never outlives its token: at `exp` it is sent `token_expired`,
@@ -332,7 +334,7 @@ fn watch_token_expiry<A: Adapter>(
                 () = until(disconnect_at) => {}
             }
             if connection.token_expires_at() == expires_at {
-                tracing::info!(socket = %socket.id, user = %connection.identity.user_id, "token expired; disconnecting");
+                tracing::info!(connection = %connection.id, user = %connection.identity.user_id, "token expired; disconnecting");
                 let _ = socket.disconnect();
                 return;
             }
@@ -355,11 +357,8 @@ fn refuse_all_events<A: Adapter>(socket: &SocketRef<A>, admission: Admission) {
 
 /// `single_connection_per_user`: before this socket joins its user's room,
 /// the user's other sockets (on any node) are told why and disconnected.
-async fn replace_older_connections<A: Adapter>(
-    socket: &SocketRef<A>,
-    state: &AppState,
-    identity: &Identity,
-) {
+async fn replace_older_connections(state: &AppState, connection: &Connection) {
+    let identity = &connection.identity;
     let room = user_room(&identity.user_id);
     let now = Timestamp::now();
     state
@@ -379,12 +378,12 @@ async fn replace_older_connections<A: Adapter>(
     if replaced == 0 {
         return;
     }
-    tracing::info!(socket = %socket.id, user = %identity.user_id, replaced, "older connections replaced");
+    tracing::info!(connection = %connection.id, user = %identity.user_id, replaced, "older connections replaced");
     let event = AuditEvent::new(Action::ConnectionReplaced, now)
         .by(identity)
         .user(identity.user_id.clone())
         .session(identity.session_id.as_deref())
-        .detail(json!({ "socketId": socket.id.to_string(), "disconnected": replaced }));
+        .detail(json!({ "socketId": connection.id, "disconnected": replaced }));
     if let Err(e) = crate::store::audit::append_alone(&state.store, &event).await {
         tracing::warn!(error = %e, "could not audit a replaced connection");
     }
@@ -392,19 +391,14 @@ async fn replace_older_connections<A: Adapter>(
 
 /// `presence_events`: `user_online` when a user's first socket connects,
 /// `user_offline` when the last one goes, to the `role:admin` room.
-async fn announce_presence<A: Adapter>(
-    socket: &SocketRef<A>,
-    state: &AppState,
-    identity: &Identity,
-    online: bool,
-) {
-    let this_socket = socket.id.to_string();
+async fn announce_presence(state: &AppState, connection: &Connection, online: bool) {
+    let identity = &connection.identity;
     let others = state
         .hub
         .sockets(Some(user_room(&identity.user_id)))
         .await
         .into_iter()
-        .filter(|s| s.socket_id != this_socket)
+        .filter(|s| s.connection_id != connection.id)
         .count();
     if others > 0 {
         return;
@@ -440,7 +434,8 @@ async fn touch<A: Adapter>(socket: &SocketRef<A>, state: &AppState) -> Option<Ti
 
 /// Sends every open notification of the user (direct or through a role),
 /// oldest first, marked `replayed`.
-async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &Identity) {
+async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, connection: &Connection) {
+    let identity = &connection.identity;
     // A connected viewer must get its backlog: while the database is busy
     // or away (a reconnect storm, a failover), retry for as long as the
     // socket stays connected. A socket that goes meanwhile gets it on its
@@ -453,14 +448,14 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
                 if !socket.connected() {
                     return;
                 }
-                tracing::warn!(socket = %socket.id, error = %e, ?retry_in, "replay failed; retrying");
+                tracing::warn!(connection = %connection.id, error = %e, ?retry_in, "replay failed; retrying");
                 tokio::time::sleep(retry_in).await;
                 retry_in = (retry_in * 2).min(std::time::Duration::from_secs(5));
             }
         }
     };
     let sent = Sent {
-        socket_id: socket.id.to_string(),
+        connection_id: connection.id.clone(),
         user_id: identity.user_id.clone(),
         session_id: identity.session_id.clone(),
     };
@@ -476,11 +471,14 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
         {
             Queued::Yes => reached.push((notification, sent.clone())),
             // Disconnected meanwhile: the rest is replayed on the next connect.
-            Queued::Gone => break,
+            Queued::Gone(error) => {
+                tracing::debug!(connection = %connection.id, error, "socket gone during the replay");
+                break;
+            }
             Queued::Stalled => {
                 // Not reading for too long: dropped, so a real client
                 // reconnects and gets the rest then.
-                tracing::warn!(socket = %socket.id, "replay stalled on a full send buffer; disconnecting");
+                tracing::warn!(connection = %connection.id, "replay stalled on a full send buffer; disconnecting");
                 let _ = socket.clone().disconnect();
                 missed.push((
                     notification,
@@ -493,15 +491,15 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
     }
     let (deliveries, events) = service::delivery_records(&reached, &missed, true);
     if let Err(e) = service::record(&state.notifications, deliveries, events, true).await {
-        tracing::error!(socket = %socket.id, error = %e, "could not record replayed deliveries");
+        tracing::error!(connection = %connection.id, error = %e, "could not record replayed deliveries");
     }
 }
 
 /// Whether [`emit_waiting`] queued the event.
 enum Queued {
     Yes,
-    /// The socket is gone.
-    Gone,
+    /// The socket is gone: why the emit failed.
+    Gone(String),
     /// Its send buffer stayed full for [`STALLED_AFTER`].
     Stalled,
 }
@@ -527,10 +525,7 @@ async fn emit_waiting<A: Adapter, T: serde::Serialize + ?Sized>(
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
-            Err(e) => {
-                tracing::debug!(socket = %socket.id, error = %e, "emit failed");
-                return Queued::Gone;
-            }
+            Err(e) => return Queued::Gone(e.to_string()),
         }
     }
 }
@@ -631,14 +626,13 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
     socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
         let state = disconnect_state.clone();
         async move {
-            if let Some(connection) = socket.extensions.get::<Arc<Connection>>() {
-                connection.gone.cancel();
-            }
-            tracing::info!(socket = %socket.id, %reason, "disconnected");
-            if state.config.realtime.presence_events
-                && let Some(connection) = socket.extensions.get::<Arc<Connection>>()
-            {
-                announce_presence(&socket, &state, &connection.identity, false).await;
+            let Some(connection) = socket.extensions.get::<Arc<Connection>>() else {
+                return;
+            };
+            connection.gone.cancel();
+            tracing::info!(connection = %connection.id, %reason, "disconnected");
+            if state.config.realtime.presence_events {
+                announce_presence(&state, &connection, false).await;
             }
         }
     });
@@ -767,9 +761,8 @@ async fn acknowledge<A: Adapter>(
         }
         Some(_) => return Err(FieldError::new("userId", "must be a string").into()),
     }
-    let socket_id = socket.id.to_string();
     let acknowledged =
-        service::acknowledge(&state.notifications, identity, id, Some(&socket_id)).await?;
+        service::acknowledge(&state.notifications, identity, id, Some(&connection.id)).await?;
     Ok(json!({
         "ok": true,
         "notificationId": acknowledged.notification_id,
