@@ -40,11 +40,17 @@ async fn a_leaked_id_does_not_open_a_viewers_polling_session(db: Db) {
         )
         .await
         .expect("the viewer connects over long-polling");
-    clients.next_event("viewer", "connected").await;
+    let connection = clients.next_event("viewer", "connected").await["socketId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(connection, handle);
     let raised = http
         .raise(&daemon, json!({ "userId": VIEWER }), "Tension pneumothorax")
         .await;
     let id = raised["id"].as_str().unwrap().to_string();
+    // The socket is named by its connection id, the one it was told.
+    assert_eq!(raised["deliveries"][0]["socketId"], connection, "{raised}");
     clients.next_event("viewer", "critical_notification").await;
     env.wait_audit(Audit::action("notification.delivered").notification(&id), 1)
         .await;
@@ -137,6 +143,15 @@ async fn a_leaked_id_does_not_open_a_viewers_polling_session(db: Db) {
         assert!(
             !text.contains(&handle),
             "the viewer's Engine.IO session id is in {source}"
+        );
+    }
+    // What the API, the audit log and the logs call the socket instead.
+    for wanted in ["/users/", "/audit?format=json", "the daemon's log"] {
+        assert!(
+            sources
+                .iter()
+                .any(|(source, text)| source.contains(wanted) && text.contains(&connection)),
+            "{wanted} does not name the connection {connection}"
         );
     }
 
