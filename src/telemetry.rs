@@ -7,9 +7,9 @@
 //! log ids, not patient data; log an Engine.IO session id at any level
 //! (see [`no_session_handles`]).
 
+use tracing::{Level, Metadata};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
-use tracing::{Level, Metadata};
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -108,4 +108,60 @@ pub fn init(config: &LoggingConfig) -> Result<Logging, String> {
         _guard: guard,
         level: (installed && !env_chose).then_some(LogLevel(handle)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing::callsite::Identifier;
+    use tracing::field::FieldSet;
+    use tracing::metadata::Kind;
+
+    use super::no_session_handles;
+
+    struct Callsite;
+    impl tracing::callsite::Callsite for Callsite {
+        fn set_interest(&self, _: tracing::subscriber::Interest) {}
+        fn metadata(&self) -> &tracing::Metadata<'_> {
+            unreachable!()
+        }
+    }
+    static CALLSITE: Callsite = Callsite;
+
+    fn meta(target: &'static str, level: Level, kind: Kind) -> tracing::Metadata<'static> {
+        tracing::Metadata::new(
+            "test",
+            target,
+            level,
+            None,
+            None,
+            None,
+            FieldSet::new(&[], Identifier(&CALLSITE)),
+            kind,
+        )
+    }
+
+    #[test]
+    fn transport_libraries_log_at_most_info_and_no_spans() {
+        for target in ["engineioxide::transport::polling", "socketioxide::client"] {
+            assert!(!no_session_handles(&meta(
+                target,
+                Level::DEBUG,
+                Kind::EVENT
+            )));
+            assert!(!no_session_handles(&meta(target, Level::INFO, Kind::SPAN)));
+            assert!(no_session_handles(&meta(target, Level::INFO, Kind::EVENT)));
+            assert!(no_session_handles(&meta(target, Level::WARN, Kind::EVENT)));
+        }
+        assert!(no_session_handles(&meta(
+            "readback::realtime",
+            Level::TRACE,
+            Kind::EVENT
+        )));
+        assert!(no_session_handles(&meta(
+            "readback::http",
+            Level::INFO,
+            Kind::SPAN
+        )));
+    }
 }

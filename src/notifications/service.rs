@@ -185,10 +185,7 @@ async fn retried(
     };
     let mut deliveries = recorded;
     if matches!(existing.state, State::Pending | State::Escalated) {
-        let skip: Vec<String> = deliveries
-            .iter()
-            .map(|d| d.connection_id.clone())
-            .collect();
+        let skip: Vec<String> = deliveries.iter().map(|d| d.connection_id.clone()).collect();
         deliveries.extend(deliver(notifications, &existing, &skip, true).await.0);
     }
     Ok(Raised {

@@ -17,8 +17,8 @@ use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 
 use super::Connection;
-use super::rooms::CONNECTION_PREFIX;
 use super::hub::{Delivered, Hub, HubOps, SEND_BUFFER_FULL, Sent, SocketInfo};
+use super::rooms::CONNECTION_PREFIX;
 
 impl Hub {
     pub fn new<A: Adapter>(io: SocketIo<A>) -> Self {
@@ -249,5 +249,41 @@ impl<A: Adapter> HubOps for SocketIo<A> {
 
     fn local_count_in(&self, room: String) -> usize {
         self.local().to(room).sockets().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_is_named_by_its_connection_room() {
+        let sid = Sid::new();
+        let info = info_from_rooms(
+            sid,
+            &[
+                "user:u1",
+                "role:radiologist",
+                "session:s1",
+                "connection:con_01ABC",
+            ],
+        );
+        assert_eq!(info.connection_id, "con_01ABC");
+        assert_eq!(info.user_id.as_deref(), Some("u1"));
+        assert_eq!(info.session_id.as_deref(), Some("s1"));
+    }
+
+    #[test]
+    fn a_socket_without_one_gets_a_stable_name_that_hides_its_session_id() {
+        let sid = Sid::new();
+        let once = info_from_rooms(sid, &["user:u1"]).connection_id;
+        let again = info_from_rooms(sid, &["user:u1"]).connection_id;
+        assert_eq!(once, again);
+        assert!(once.starts_with("con_"), "{once}");
+        assert!(!once.contains(sid.as_str()), "{once}");
+        assert_ne!(
+            once,
+            info_from_rooms(Sid::new(), &["user:u1"]).connection_id
+        );
     }
 }
