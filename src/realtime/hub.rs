@@ -59,9 +59,9 @@ pub trait HubOps: Send + Sync + 'static {
     /// Emits to every socket of the namespace.
     fn emit_all<'a>(&'a self, event: &'a str, payload: Value) -> BoxFuture<'a, ()>;
     /// Emits to each socket in `rooms` one by one, except the sockets whose
-    /// connection ids are in `skip`, and says which were reached and which were missed. Never
-    /// skips a socket in silence: one whose send buffer is full is
-    /// disconnected and listed in `missed`.
+    /// connection ids are in `skip`, and says which were reached and which
+    /// were missed. Never skips a socket in silence: one whose send buffer
+    /// is full is disconnected and listed in `missed`.
     fn deliver<'a>(
         &'a self,
         rooms: Vec<String>,
