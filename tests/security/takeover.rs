@@ -16,14 +16,15 @@ const SESSION: &str = "sess-takeover";
 
 /// A viewer on long-polling receives a finding. An admin and an auditor
 /// read everything the API shows about it and about the viewer's
-/// connection, and the daemon's logs (at debug level); every id-looking
+/// connection, an admin's socket watches presence and the console feed,
+/// and the daemon's logs (at debug level) are read; every id-looking
 /// string in there is tried as `sid` in a token-less polling POST carrying
 /// `acknowledge_notification`, a polling GET and a WebSocket upgrade. None
 /// is accepted and the finding stays unacknowledged. Then the viewer's real
 /// session id — known only to its own client — is shown to work the same
 /// way, so the probe would have caught a leak.
 async fn a_leaked_id_does_not_open_a_viewers_polling_session(db: Db) {
-    let mut env = TestEnv::new(db).await;
+    let mut env = TestEnv::with_config(db, "[realtime]\npresence_events = true\n").await;
     let logs = env.dir.path().join("logs");
     env.log_level = "debug".into();
     std::fs::create_dir_all(&logs).unwrap();
@@ -31,6 +32,17 @@ async fn a_leaked_id_does_not_open_a_viewers_polling_session(db: Db) {
     let daemon = env.start().await;
     let http = Http::default();
     let clients = Clients::start(&daemon).await;
+    // An admin watching live: presence events and the console feed.
+    let admin = admin_token();
+    clients.connect("admin", &admin).await;
+    let subscribed = clients
+        .emit_ack(
+            "admin",
+            "subscribe",
+            json!([{ "topic": "readback.console" }]),
+        )
+        .await;
+    assert_eq!(subscribed["ok"], true, "{subscribed}");
 
     let viewer_token = token(VIEWER, &["radiologist"], Some(SESSION));
     let handle = clients
@@ -56,7 +68,6 @@ async fn a_leaked_id_does_not_open_a_viewers_polling_session(db: Db) {
         .await;
 
     // Everything an admin and an auditor can read about it.
-    let admin = admin_token();
     let auditor = token("auditor-1", &["auditor"], None);
     let reads = [
         (&admin, format!("/notifications/{id}")),
@@ -83,6 +94,16 @@ async fn a_leaked_id_does_not_open_a_viewers_polling_session(db: Db) {
         };
         sources.push((format!("GET /api/v1{path} (HTTP {})", reply.status), body));
     }
+    clients.barrier("admin").await;
+    let live: Vec<Value> = ["user_online", "console_update"]
+        .iter()
+        .flat_map(|event| clients.drain("admin", event))
+        .collect();
+    assert!(!live.is_empty(), "the admin saw nothing live");
+    sources.push((
+        "the admin's live events".to_string(),
+        json!(live).to_string(),
+    ));
     // And the logs, once they tell of the viewer's connection.
     let logs_text = wait_for_logs(&logs, VIEWER).await;
     sources.push(("the daemon's log".to_string(), logs_text));
