@@ -31,6 +31,9 @@
   }
 
   async function api(method, path, body) {
+    // A refresh still running when the token is forgotten stops here
+    // instead of sending "Bearer null".
+    if (!state.token) throw new Error("Not connected");
     const response = await fetch(`/api/v1${path}`, {
       method,
       headers: {

@@ -4,10 +4,13 @@
 //! journald captures under systemd) and, with `logging.dir`, to rotated
 //! files kept `logging.retention` deep — and the handle that changes its
 //! level while running (SIGHUP). Never: log PHI at info level — callers
-//! log ids, not patient data.
+//! log ids, not patient data; log an Engine.IO session id at any level
+//! (see [`no_session_handles`]).
 
+use tracing::{Level, Metadata};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -38,6 +41,18 @@ impl LogLevel {
 }
 
 type Filtered = tracing_subscriber::layer::Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+
+/// Whether a span or event may reach the log. An Engine.IO session id is a
+/// bearer handle (with long-polling, whoever sends it speaks as that socket,
+/// without a token), and the Socket.IO and Engine.IO crates name it in
+/// their spans and in their debug and trace events. So, whatever the
+/// configured level, their spans are left out and their events kept up to
+/// `info`; readback's own logs name sockets by connection id.
+fn no_session_handles(meta: &Metadata<'_>) -> bool {
+    let target = meta.target();
+    let transport = target.starts_with("engineioxide") || target.starts_with("socketioxide");
+    !transport || (meta.is_event() && *meta.level() <= Level::INFO)
+}
 
 /// Installs the subscriber. A second call (tests) keeps the first one.
 pub fn init(config: &LoggingConfig) -> Result<Logging, String> {
@@ -86,11 +101,67 @@ pub fn init(config: &LoggingConfig) -> Result<Logging, String> {
     };
     let installed = tracing_subscriber::registry()
         .with(filter)
-        .with(output)
+        .with(output.with_filter(filter_fn(no_session_handles)))
         .try_init()
         .is_ok();
     Ok(Logging {
         _guard: guard,
         level: (installed && !env_chose).then_some(LogLevel(handle)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing::callsite::Identifier;
+    use tracing::field::FieldSet;
+    use tracing::metadata::Kind;
+
+    use super::no_session_handles;
+
+    struct Callsite;
+    impl tracing::callsite::Callsite for Callsite {
+        fn set_interest(&self, _: tracing::subscriber::Interest) {}
+        fn metadata(&self) -> &tracing::Metadata<'_> {
+            unreachable!()
+        }
+    }
+    static CALLSITE: Callsite = Callsite;
+
+    fn meta(target: &'static str, level: Level, kind: Kind) -> tracing::Metadata<'static> {
+        tracing::Metadata::new(
+            "test",
+            target,
+            level,
+            None,
+            None,
+            None,
+            FieldSet::new(&[], Identifier(&CALLSITE)),
+            kind,
+        )
+    }
+
+    #[test]
+    fn transport_libraries_log_at_most_info_and_no_spans() {
+        for target in ["engineioxide::transport::polling", "socketioxide::client"] {
+            assert!(!no_session_handles(&meta(
+                target,
+                Level::DEBUG,
+                Kind::EVENT
+            )));
+            assert!(!no_session_handles(&meta(target, Level::INFO, Kind::SPAN)));
+            assert!(no_session_handles(&meta(target, Level::INFO, Kind::EVENT)));
+            assert!(no_session_handles(&meta(target, Level::WARN, Kind::EVENT)));
+        }
+        assert!(no_session_handles(&meta(
+            "readback::realtime",
+            Level::TRACE,
+            Kind::EVENT
+        )));
+        assert!(no_session_handles(&meta(
+            "readback::http",
+            Level::INFO,
+            Kind::SPAN
+        )));
+    }
 }

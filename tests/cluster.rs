@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 cluster_backends!(two_daemons_act_as_one);
 
@@ -98,16 +98,26 @@ async fn two_daemons_act_as_one(backend: Cluster) {
     let on_b = Clients::start(&b).await;
     let http = Http::default();
     let alice = token("alice", &["radiologist"], None);
-    on_a.connect("tab-a", &alice).await;
-    on_b.connect("tab-b", &alice).await;
+    let tab_a = on_a.connect("tab-a", &alice).await["socketId"].clone();
+    let tab_b = on_b.connect("tab-b", &alice).await["socketId"].clone();
+    // Each socket has one connection id, the same on every daemon.
+    let mut connections = vec![tab_a, tab_b];
+    connections.sort_by_key(Value::to_string);
+    let sorted = |ids: &Value| {
+        let mut ids = ids.as_array().cloned().unwrap_or_default();
+        ids.sort_by_key(Value::to_string);
+        ids
+    };
 
     let raised = http.raise(&b, json!({ "userId": "alice" }), "via B").await;
     let id = raised["id"].as_str().unwrap();
-    assert_eq!(
-        raised["deliveries"].as_array().unwrap().len(),
-        2,
-        "{raised}"
-    );
+    let delivered_to: Vec<Value> = raised["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["socketId"].clone())
+        .collect();
+    assert_eq!(sorted(&json!(delivered_to)), connections, "{raised}");
     assert_eq!(
         on_a.next_event("tab-a", "critical_notification").await["id"],
         id
@@ -129,6 +139,7 @@ async fn two_daemons_act_as_one(backend: Cluster) {
             .get(&daemon.api("/users/alice/status"), &service_token())
             .await;
         assert_eq!(status.body["sockets"], 2, "{}", status.body);
+        assert_eq!(sorted(&status.body["socketIds"]), connections);
     }
     http.post(
         &a.api("/broadcast"),

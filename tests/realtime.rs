@@ -492,7 +492,8 @@ async fn an_offline_recipient_escalates_at_once_when_configured(db: Db) {
     let id = offline["id"].as_str().unwrap();
     let mails = smtp.wait_for(1).await;
     assert_eq!(mails[0].to, "oncall@hospital.example");
-    assert!(mails[0].subject.contains(id), "{}", mails[0].subject);
+    let reference = offline["reference"].as_str().unwrap();
+    assert!(mails[0].subject.contains(reference), "{}", mails[0].subject);
     assert!(mails[0].raw.contains("escalated early"), "{}", mails[0].raw);
     env.wait_audit(
         Audit::action("escalation.recipient_offline").notification(id),

@@ -158,7 +158,8 @@ async fn status_of(state: &AppState, user_id: &str) -> Value {
         .collect();
     sessions.sort_unstable();
     sessions.dedup();
-    let socket_ids: Vec<&str> = sockets.iter().map(|s| s.socket_id.as_str()).collect();
+    // Connection ids, never Engine.IO session ids (realtime::Connection).
+    let socket_ids: Vec<&str> = sockets.iter().map(|s| s.connection_id.as_str()).collect();
     json!({
         "userId": user_id,
         "connected": !sockets.is_empty(),

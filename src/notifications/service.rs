@@ -188,7 +188,7 @@ async fn retried(
     };
     let mut deliveries = recorded;
     if matches!(existing.state, State::Pending | State::Escalated) {
-        let skip: Vec<String> = deliveries.iter().map(|d| d.socket_id.clone()).collect();
+        let skip: Vec<String> = deliveries.iter().map(|d| d.connection_id.clone()).collect();
         deliveries.extend(deliver(notifications, &existing, &skip, true).await.0);
     }
     Ok(Raised {
@@ -303,7 +303,7 @@ pub fn delivery_records(
         deliveries.push(Delivery {
             notification_id: notification.id.clone(),
             user_id: socket.user_id.clone(),
-            socket_id: socket.socket_id.clone(),
+            connection_id: socket.connection_id.clone(),
             delivered_at: now,
             replayed,
         });
@@ -313,7 +313,7 @@ pub fn delivery_records(
                 .user(socket.user_id.clone())
                 .about(notification)
                 .session(socket.session_id.as_deref())
-                .detail(json!({ "socketId": socket.socket_id })),
+                .detail(json!({ "socketId": socket.connection_id })),
         );
     }
     for (notification, socket, why) in missed {
@@ -338,7 +338,7 @@ fn undelivered(
         .session(socket.session_id.as_deref())
         .outcome("failed")
         .detail(json!({
-            "socketId": socket.socket_id,
+            "socketId": socket.connection_id,
             "reason": why,
             "replayed": replayed,
             "then": "disconnected; sent again when the client reconnects",
@@ -495,7 +495,7 @@ pub fn replay_records(
         .map(|notification| Delivery {
             notification_id: notification.id.clone(),
             user_id: socket.user_id.clone(),
-            socket_id: socket.socket_id.clone(),
+            connection_id: socket.connection_id.clone(),
             delivered_at: now,
             replayed: true,
         })
@@ -515,7 +515,7 @@ pub fn replay_records(
                 .session(socket.session_id.as_deref())
                 .detail(json!({
                     "channel": "socket.io",
-                    "socketId": socket.socket_id,
+                    "socketId": socket.connection_id,
                     "count": reached.len(),
                     "notificationIds": ids,
                     "remaining": remaining,
@@ -552,7 +552,7 @@ pub async fn acknowledge(
     notifications: &Notifications,
     caller: &Identity,
     id: &str,
-    socket_id: Option<&str>,
+    connection_id: Option<&str>,
 ) -> Result<Acknowledged, Error> {
     let now = Timestamp::now();
     let mut tx = notifications.store.begin().await?;
@@ -565,7 +565,7 @@ pub async fn acknowledge(
         // The same answer as for an unknown id, so ids cannot be probed.
         return Err(Error::NotFound(format!("notification {id} not found")));
     }
-    if sql::acknowledge(&mut tx, id, &caller.user_id, socket_id, "socket", now).await? {
+    if sql::acknowledge(&mut tx, id, &caller.user_id, connection_id, "socket", now).await? {
         audit::append(
             &mut tx,
             &AuditEvent::new(Action::NotificationAcknowledged, now)
@@ -573,7 +573,7 @@ pub async fn acknowledge(
                 .about(&notification)
                 .session(caller.session_id.as_deref())
                 .detail(json!({
-                    "socketId": socket_id,
+                    "socketId": connection_id,
                     "millisToAcknowledge": now.millis_since(notification.created_at),
                     "withinDeadline": now <= notification.ack_deadline,
                 })),

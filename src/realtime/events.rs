@@ -135,7 +135,9 @@ pub struct SessionExtended<'a> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Connected<'a> {
-    pub socket_id: String,
+    /// The socket's connection id (the name the API and the audit log give
+    /// it), not socket.io-client's `socket.id`.
+    pub socket_id: &'a str,
     pub user_id: &'a str,
     pub session_id: Option<&'a str>,
     pub roles: &'a [String],

@@ -13,13 +13,13 @@ use socketioxide_core::adapter::DefinedAdapter;
 
 use super::{Connection, Sent, events, topics};
 use crate::audit::{Action, AuditEvent};
-use crate::auth::{Identity, TokenError};
+use crate::auth::TokenError;
 use crate::client_addr::{ClientAddr, SessionPlaces};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::limits::RetryAfter;
 use crate::notifications::service;
-use crate::realtime::rooms::{role_room, session_room, user_room};
+use crate::realtime::rooms::{connection_room, role_room, session_room, user_room};
 use crate::sessions::service::{self as sessions, OnConnect, SessionClock};
 use crate::state::AppState;
 use crate::validation::{FieldError, check_identifier, check_text};
@@ -81,10 +81,11 @@ async fn authenticate<A: Adapter>(
             if let Some(places) = parts.extensions.get::<Arc<SessionPlaces>>() {
                 places.authenticated();
             }
-            socket.extensions.insert(Arc::new(Connection::new(
-                verified,
-                state.limits.socket_events(),
-            )));
+            let connection = Connection::new(verified, state.limits.socket_events());
+            // Before anything can name this socket: its own room carries its
+            // connection id to every daemon of a cluster.
+            socket.join(connection_room(&connection.id));
+            socket.extensions.insert(Arc::new(connection));
             Ok(())
         }
         Err(refusal) => {
@@ -174,7 +175,7 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
         }
         Ok(_) => {}
         Err(e) => {
-            tracing::error!(socket = %socket.id, error = %e, "cannot check revocations; letting a valid token in");
+            tracing::error!(connection = %connection.id, error = %e, "cannot check revocations; letting a valid token in");
         }
     }
     crate::escalation::service::remember(&state.escalations, identity).await;
@@ -192,7 +193,7 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
         Err(e) => {
             // Fail closed: a session that cannot be checked may have been
             // terminated; the client retries (socket.io-client reconnects).
-            tracing::error!(socket = %socket.id, error = %e, "cannot check the token's session; connection refused");
+            tracing::error!(connection = %connection.id, error = %e, "cannot check the token's session; connection refused");
             return Err(Refused::Unavailable);
         }
     };
@@ -203,7 +204,7 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
         return Ok(());
     };
     if state.config.realtime.single_connection_per_user {
-        replace_older_connections(&socket, &state, identity).await;
+        replace_older_connections(&state, &connection).await;
     } else {
         // A radiologist has a few tabs and devices, not hundreds: the newest
         // connection over the cap is refused (on this daemon; counting
@@ -287,14 +288,14 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
         }
     }
     let identity = &connection.identity;
-    tracing::info!(socket = %socket.id, user = %identity.user_id, "connected");
+    tracing::info!(connection = %connection.id, user = %identity.user_id, "connected");
     if state.config.realtime.presence_events {
-        announce_presence(&socket, &state, identity, true).await;
+        announce_presence(&state, &connection, true).await;
     }
     let _ = socket.emit(
         events::CONNECTED,
         &events::Connected {
-            socket_id: socket.id.to_string(),
+            socket_id: &connection.id,
             user_id: &identity.user_id,
             session_id: identity.session_id.as_deref(),
             roles: &identity.roles,
@@ -307,7 +308,7 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
         connection.clone(),
         state.config.auth.expired_token_grace,
     );
-    replay(&socket, &state, identity).await;
+    replay(&socket, &state, &connection).await;
 }
 
 /// A socket never outlives its token: at `exp` it is sent `token_expired`,
@@ -349,7 +350,7 @@ fn watch_token_expiry<A: Adapter>(
                 () = until(disconnect_at) => {}
             }
             if connection.token_expires_at() == expires_at {
-                tracing::info!(socket = %socket.id, user = %connection.identity.user_id, "token expired; disconnecting");
+                tracing::info!(connection = %connection.id, user = %connection.identity.user_id, "token expired; disconnecting");
                 let _ = socket.disconnect();
                 return;
             }
@@ -372,11 +373,8 @@ fn refuse_all_events<A: Adapter>(socket: &SocketRef<A>, admission: Admission) {
 
 /// `single_connection_per_user`: before this socket joins its user's room,
 /// the user's other sockets (on any node) are told why and disconnected.
-async fn replace_older_connections<A: Adapter>(
-    socket: &SocketRef<A>,
-    state: &AppState,
-    identity: &Identity,
-) {
+async fn replace_older_connections(state: &AppState, connection: &Connection) {
+    let identity = &connection.identity;
     let room = user_room(&identity.user_id);
     let now = Timestamp::now();
     state
@@ -396,12 +394,12 @@ async fn replace_older_connections<A: Adapter>(
     if replaced == 0 {
         return;
     }
-    tracing::info!(socket = %socket.id, user = %identity.user_id, replaced, "older connections replaced");
+    tracing::info!(connection = %connection.id, user = %identity.user_id, replaced, "older connections replaced");
     let event = AuditEvent::new(Action::ConnectionReplaced, now)
         .by(identity)
         .user(identity.user_id.clone())
         .session(identity.session_id.as_deref())
-        .detail(json!({ "socketId": socket.id.to_string(), "disconnected": replaced }));
+        .detail(json!({ "socketId": connection.id, "disconnected": replaced }));
     if let Err(e) = crate::store::audit::append_alone(&state.store, &event).await {
         tracing::warn!(error = %e, "could not audit a replaced connection");
     }
@@ -409,19 +407,14 @@ async fn replace_older_connections<A: Adapter>(
 
 /// `presence_events`: `user_online` when a user's first socket connects,
 /// `user_offline` when the last one goes, to the `role:admin` room.
-async fn announce_presence<A: Adapter>(
-    socket: &SocketRef<A>,
-    state: &AppState,
-    identity: &Identity,
-    online: bool,
-) {
-    let this_socket = socket.id.to_string();
+async fn announce_presence(state: &AppState, connection: &Connection, online: bool) {
+    let identity = &connection.identity;
     let others = state
         .hub
         .sockets(Some(user_room(&identity.user_id)))
         .await
         .into_iter()
-        .filter(|s| s.socket_id != this_socket)
+        .filter(|s| s.connection_id != connection.id)
         .count();
     if others > 0 {
         return;
@@ -460,7 +453,8 @@ async fn touch<A: Adapter>(socket: &SocketRef<A>, state: &AppState) -> Option<Ti
 /// ones due first; when more are open, `replay_truncated` tells the client
 /// how many and where to read them. The work of one connect is bounded by
 /// that, and connects per user by `limits.connects_*`.
-async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &Identity) {
+async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, connection: &Connection) {
+    let identity = &connection.identity;
     // A connected viewer must get its backlog: while the database is busy
     // or away (a reconnect storm, a failover), retry for as long as the
     // socket stays connected. A socket that goes meanwhile gets it on its
@@ -474,7 +468,7 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
                 if !socket.connected() {
                     return;
                 }
-                tracing::warn!(socket = %socket.id, error = %e, ?retry_in, "replay failed; retrying");
+                tracing::warn!(connection = %connection.id, error = %e, ?retry_in, "replay failed; retrying");
                 tokio::time::sleep(retry_in).await;
                 retry_in = (retry_in * 2).min(std::time::Duration::from_secs(5));
             }
@@ -484,7 +478,7 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
         return;
     }
     let sent = Sent {
-        socket_id: socket.id.to_string(),
+        connection_id: connection.id.clone(),
         user_id: identity.user_id.clone(),
         session_id: identity.session_id.clone(),
     };
@@ -501,14 +495,15 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
         {
             Queued::Yes => reached.push(notification),
             // Disconnected meanwhile: the rest is replayed on the next connect.
-            Queued::Gone => {
+            Queued::Gone(error) => {
+                tracing::debug!(connection = %connection.id, error, "socket gone during the replay");
                 complete = false;
                 break;
             }
             Queued::Stalled => {
                 // Not reading for too long: dropped, so a real client
                 // reconnects and gets the rest then.
-                tracing::warn!(socket = %socket.id, "replay stalled on a full send buffer; disconnecting");
+                tracing::warn!(connection = %connection.id, "replay stalled on a full send buffer; disconnecting");
                 let _ = socket.clone().disconnect();
                 stalled_on = Some(notification);
                 complete = false;
@@ -528,15 +523,15 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, identity: &
     let (deliveries, events) =
         service::replay_records(&sent, &reached, stalled_on, backlog.remaining);
     if let Err(e) = service::record(&state.notifications, deliveries, events, true).await {
-        tracing::error!(socket = %socket.id, error = %e, "could not record replayed deliveries");
+        tracing::error!(connection = %connection.id, error = %e, "could not record replayed deliveries");
     }
 }
 
 /// Whether [`emit_waiting`] queued the event.
 enum Queued {
     Yes,
-    /// The socket is gone.
-    Gone,
+    /// The socket is gone: why the emit failed.
+    Gone(String),
     /// Its send buffer stayed full for [`STALLED_AFTER`].
     Stalled,
 }
@@ -562,10 +557,7 @@ async fn emit_waiting<A: Adapter, T: serde::Serialize + ?Sized>(
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
-            Err(e) => {
-                tracing::debug!(socket = %socket.id, error = %e, "emit failed");
-                return Queued::Gone;
-            }
+            Err(e) => return Queued::Gone(e.to_string()),
         }
     }
 }
@@ -621,7 +613,7 @@ fn within_limit<A: Adapter>(
         Ok(()) => Some(reply),
         Err(retry_after) => {
             state.metrics.rate_limited("client_events");
-            tracing::debug!(socket = %socket.id, event, ?retry_after, "client event rate limited");
+            tracing::debug!(connection = %connection.id, event, ?retry_after, "client event rate limited");
             reply.rate_limited(event, retry_after);
             None
         }
@@ -700,14 +692,13 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
     socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
         let state = disconnect_state.clone();
         async move {
-            if let Some(connection) = socket.extensions.get::<Arc<Connection>>() {
-                connection.gone.cancel();
-            }
-            tracing::info!(socket = %socket.id, %reason, "disconnected");
-            if state.config.realtime.presence_events
-                && let Some(connection) = socket.extensions.get::<Arc<Connection>>()
-            {
-                announce_presence(&socket, &state, &connection.identity, false).await;
+            let Some(connection) = socket.extensions.get::<Arc<Connection>>() else {
+                return;
+            };
+            connection.gone.cancel();
+            tracing::info!(connection = %connection.id, %reason, "disconnected");
+            if state.config.realtime.presence_events {
+                announce_presence(&state, &connection, false).await;
             }
         }
     });
@@ -836,9 +827,8 @@ async fn acknowledge<A: Adapter>(
         }
         Some(_) => return Err(FieldError::new("userId", "must be a string").into()),
     }
-    let socket_id = socket.id.to_string();
     let acknowledged =
-        service::acknowledge(&state.notifications, identity, id, Some(&socket_id)).await?;
+        service::acknowledge(&state.notifications, identity, id, Some(&connection.id)).await?;
     Ok(json!({
         "ok": true,
         "notificationId": acknowledged.notification_id,

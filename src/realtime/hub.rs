@@ -19,7 +19,9 @@ use crate::clock::Timestamp;
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SocketInfo {
-    pub socket_id: String,
+    /// Its connection id (`realtime::Connection::id`), never its Engine.IO
+    /// session id.
+    pub connection_id: String,
     pub user_id: Option<String>,
     pub roles: Vec<String>,
     pub session_id: Option<String>,
@@ -30,7 +32,8 @@ pub struct SocketInfo {
 /// One socket an event was handed to.
 #[derive(Debug, Clone)]
 pub struct Sent {
-    pub socket_id: String,
+    /// Its connection id, as in [`SocketInfo`].
+    pub connection_id: String,
     pub user_id: String,
     pub session_id: Option<String>,
 }
@@ -55,10 +58,10 @@ pub trait HubOps: Send + Sync + 'static {
     fn emit<'a>(&'a self, rooms: Vec<String>, event: &'a str, payload: Value) -> BoxFuture<'a, ()>;
     /// Emits to every socket of the namespace.
     fn emit_all<'a>(&'a self, event: &'a str, payload: Value) -> BoxFuture<'a, ()>;
-    /// Emits to each socket in `rooms` one by one, except the sockets in
-    /// `skip`, and says which were reached and which were missed. Never
-    /// skips a socket in silence: one whose send buffer is full is
-    /// disconnected and listed in `missed`.
+    /// Emits to each socket in `rooms` one by one, except the sockets whose
+    /// connection ids are in `skip`, and says which were reached and which
+    /// were missed. Never skips a socket in silence: one whose send buffer
+    /// is full is disconnected and listed in `missed`.
     fn deliver<'a>(
         &'a self,
         rooms: Vec<String>,

@@ -8,7 +8,11 @@
 //! adapters (`cluster.rs`). Handlers are generic over socketioxide's `Adapter`, so a
 //! cluster adapter can replace the in-process one without touching them.
 //! Never: decide whether a notification may be acknowledged or store
-//! anything itself — it calls the domain functions for that.
+//! anything itself — it calls the domain functions for that; name a socket
+//! by its Engine.IO session id anywhere outside the process (API, audit,
+//! logs): that id is a bearer handle — with long-polling, whoever sends it
+//! speaks as the socket without a token. Sockets are named by their
+//! [`Connection::id`] instead.
 
 pub mod cluster;
 pub mod events;
@@ -27,6 +31,11 @@ pub use hub::{Delivered, Hub, HubOps, SEND_BUFFER_FULL, Sent, SocketInfo};
 /// Per-connection data kept in the socket's extensions.
 #[derive(Debug)]
 pub struct Connection {
+    /// The connection id (`con_` and a ULID), minted by readback: the one
+    /// name of this socket in API answers (`socketId`), audit rows and
+    /// logs. Unrelated to the Engine.IO session id, so knowing it gives
+    /// no way into the session.
+    pub id: String,
     pub identity: crate::auth::Identity,
     pub connected_at: Timestamp,
     /// When the socket's token expires (ms since the epoch); `reauth` moves
@@ -50,6 +59,7 @@ impl Connection {
             issued_at,
         } = verified;
         Self {
+            id: format!("con_{}", ulid::Ulid::new()),
             identity,
             token_issued_at: issued_at,
             connected_at: Timestamp::now(),

@@ -2,8 +2,9 @@
 //! PostgreSQL) implements [`HubOps`] the same way.
 //!
 //! Owns: turning hub calls into socketioxide operations, falling back to
-//! this daemon's sockets when the cluster link is down, and disconnecting a
-//! socket whose send buffer is full instead of skipping it.
+//! this daemon's sockets when the cluster link is down, disconnecting a
+//! socket whose send buffer is full instead of skipping it, and naming
+//! each socket by its connection id (read from its `connection:` room).
 //! Never: decide what is sent or to whom.
 
 use std::sync::Arc;
@@ -12,10 +13,12 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use socketioxide::adapter::Adapter;
 use socketioxide::socket::RemoteActionError;
+use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 
 use super::Connection;
 use super::hub::{Delivered, Hub, HubOps, SEND_BUFFER_FULL, Sent, SocketInfo};
+use super::rooms::CONNECTION_PREFIX;
 
 impl Hub {
     pub fn new<A: Adapter>(io: SocketIo<A>) -> Self {
@@ -39,35 +42,38 @@ impl Outcome {
         match self {
             Outcome::Queued => delivered.reached.push(sent),
             Outcome::Full => {
-                tracing::warn!(event, socket = %sent.socket_id, "send buffer full; socket disconnected");
+                tracing::warn!(event, connection = %sent.connection_id, "send buffer full; socket disconnected");
                 delivered.missed.push((sent, SEND_BUFFER_FULL));
             }
             Outcome::Gone(error) => {
-                tracing::debug!(event, socket = %sent.socket_id, error, "socket gone before the emit");
+                tracing::debug!(event, connection = %sent.connection_id, error, "socket gone before the emit");
             }
             Outcome::Failed(error) => {
-                tracing::warn!(event, socket = %sent.socket_id, error, "emit failed");
+                tracing::warn!(event, connection = %sent.connection_id, error, "emit failed");
                 delivered.missed.push((sent, "emit_failed"));
             }
         }
     }
 }
 
-/// The socket an event is handed to, from its id and rooms.
-fn sent_to(socket_id: String, rooms: &[impl AsRef<str>]) -> Sent {
-    let info = info_from_rooms(socket_id, rooms);
+/// The socket an event is handed to, from its session id and rooms.
+fn sent_to(sid: Sid, rooms: &[impl AsRef<str>]) -> Sent {
+    let info = info_from_rooms(sid, rooms);
     Sent {
-        socket_id: info.socket_id,
+        connection_id: info.connection_id,
         user_id: info.user_id.unwrap_or_default(),
         session_id: info.session_id,
     }
 }
 
-/// Reads user, roles and session from a socket's rooms: the only thing a
-/// remote node knows about a socket.
-fn info_from_rooms(socket_id: String, rooms: &[impl AsRef<str>]) -> SocketInfo {
+/// Reads connection id, user, roles and session from a socket's rooms: the
+/// only thing a remote node knows about a socket. The session id `sid`
+/// only stands in, digested, for a socket with no `connection:` room — one
+/// of a daemon from before connection ids, in a cluster upgraded one daemon
+/// at a time.
+fn info_from_rooms(sid: Sid, rooms: &[impl AsRef<str>]) -> SocketInfo {
     let mut info = SocketInfo {
-        socket_id,
+        connection_id: String::new(),
         user_id: None,
         roles: Vec::new(),
         session_id: None,
@@ -81,10 +87,23 @@ fn info_from_rooms(socket_id: String, rooms: &[impl AsRef<str>]) -> SocketInfo {
             info.roles.push(role.to_string());
         } else if let Some(session) = room.strip_prefix("session:") {
             info.session_id = Some(session.to_string());
+        } else if let Some(connection) = room.strip_prefix(CONNECTION_PREFIX) {
+            info.connection_id = connection.to_string();
         }
+    }
+    if info.connection_id.is_empty() {
+        info.connection_id = unnamed_connection(sid);
     }
     info.roles.sort();
     info
+}
+
+/// A connection id for a socket that has none: a digest of its session id,
+/// the same on every daemon, from which the session id cannot be found.
+fn unnamed_connection(sid: Sid) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(sid.as_str().as_bytes());
+    format!("con_{}", hex::encode(&digest[..16]))
 }
 
 impl<A: Adapter> HubOps for SocketIo<A> {
@@ -123,8 +142,8 @@ impl<A: Adapter> HubOps for SocketIo<A> {
                     // sockets; the others get it by replay on reconnect.
                     tracing::warn!(event, error = %e, "could not list cluster sockets; delivering locally");
                     for socket in self.local().to(rooms).sockets() {
-                        let sent = sent_to(socket.id.to_string(), &socket.rooms());
-                        if skip.contains(&sent.socket_id) {
+                        let sent = sent_to(socket.id, &socket.rooms());
+                        if skip.contains(&sent.connection_id) {
                             continue;
                         }
                         let outcome = match socket.emit(event, &payload) {
@@ -142,15 +161,15 @@ impl<A: Adapter> HubOps for SocketIo<A> {
             };
             for socket in sockets {
                 let rooms = socket.rooms().await.unwrap_or_default();
-                let sent = sent_to(socket.data().id.to_string(), &rooms);
-                if skip.contains(&sent.socket_id) {
+                let sent = sent_to(socket.data().id, &rooms);
+                if skip.contains(&sent.connection_id) {
                     continue;
                 }
                 let outcome = match socket.emit(event, &payload).await {
                     Ok(()) => Outcome::Queued,
                     Err(RemoteActionError::Socket(SocketError::InternalChannelFull)) => {
                         if let Err(e) = socket.disconnect().await {
-                            tracing::warn!(socket = %sent.socket_id, error = %e, "could not disconnect a full socket");
+                            tracing::warn!(connection = %sent.connection_id, error = %e, "could not disconnect a full socket");
                         }
                         Outcome::Full
                     }
@@ -180,7 +199,7 @@ impl<A: Adapter> HubOps for SocketIo<A> {
                     return local
                         .into_iter()
                         .map(|socket| {
-                            let mut info = info_from_rooms(socket.id.to_string(), &socket.rooms());
+                            let mut info = info_from_rooms(socket.id, &socket.rooms());
                             info.connected_at = socket
                                 .extensions
                                 .get::<Arc<Connection>>()
@@ -194,7 +213,7 @@ impl<A: Adapter> HubOps for SocketIo<A> {
             for socket in sockets {
                 let sid = socket.data().id;
                 let rooms = socket.rooms().await.unwrap_or_default();
-                let mut info = info_from_rooms(sid.to_string(), &rooms);
+                let mut info = info_from_rooms(sid, &rooms);
                 info.connected_at = self
                     .get_socket(sid)
                     .and_then(|local| local.extensions.get::<Arc<Connection>>())
@@ -230,5 +249,41 @@ impl<A: Adapter> HubOps for SocketIo<A> {
 
     fn local_count_in(&self, room: String) -> usize {
         self.local().to(room).sockets().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_is_named_by_its_connection_room() {
+        let sid = Sid::new();
+        let info = info_from_rooms(
+            sid,
+            &[
+                "user:u1",
+                "role:radiologist",
+                "session:s1",
+                "connection:con_01ABC",
+            ],
+        );
+        assert_eq!(info.connection_id, "con_01ABC");
+        assert_eq!(info.user_id.as_deref(), Some("u1"));
+        assert_eq!(info.session_id.as_deref(), Some("s1"));
+    }
+
+    #[test]
+    fn a_socket_without_one_gets_a_stable_name_that_hides_its_session_id() {
+        let sid = Sid::new();
+        let once = info_from_rooms(sid, &["user:u1"]).connection_id;
+        let again = info_from_rooms(sid, &["user:u1"]).connection_id;
+        assert_eq!(once, again);
+        assert!(once.starts_with("con_"), "{once}");
+        assert!(!once.contains(sid.as_str()), "{once}");
+        assert_ne!(
+            once,
+            info_from_rooms(Sid::new(), &["user:u1"]).connection_id
+        );
     }
 }

@@ -245,7 +245,7 @@ pub async fn acknowledge(
     conn: &mut AnyConnection,
     id: &str,
     user_id: &str,
-    socket_id: Option<&str>,
+    connection_id: Option<&str>,
     via: &str,
     at: Timestamp,
 ) -> Result<bool, StoreError> {
@@ -269,7 +269,7 @@ pub async fn acknowledge(
     .bind(id)
     .bind(user_id)
     .bind(at.as_millis())
-    .bind(socket_id)
+    .bind(connection_id)
     .bind(via)
     .execute(&mut *conn)
     .await?;
@@ -304,7 +304,10 @@ pub async fn cancel(
 pub struct Delivery {
     pub notification_id: String,
     pub user_id: String,
-    pub socket_id: String,
+    /// The socket's connection id (column `socket_id`, field `socketId` in
+    /// the API): never its Engine.IO session id, a bearer handle.
+    #[serde(rename = "socketId")]
+    pub connection_id: String,
     pub delivered_at: Timestamp,
     pub replayed: bool,
 }
@@ -319,7 +322,7 @@ pub async fn insert_delivery(
     )
     .bind(&delivery.notification_id)
     .bind(&delivery.user_id)
-    .bind(&delivery.socket_id)
+    .bind(&delivery.connection_id)
     .bind(delivery.delivered_at.as_millis())
     .bind(i64::from(delivery.replayed))
     .execute(&mut *conn)
@@ -343,7 +346,7 @@ pub async fn deliveries(
             Ok(Delivery {
                 notification_id: row.try_get("notification_id")?,
                 user_id: row.try_get("user_id")?,
-                socket_id: row.try_get("socket_id")?,
+                connection_id: row.try_get("socket_id")?,
                 delivered_at: Timestamp::from_millis(row.try_get("delivered_at")?),
                 replayed: row.try_get::<i64, _>("replayed")? != 0,
             })

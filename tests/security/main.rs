@@ -9,6 +9,7 @@ mod common;
 mod email;
 mod jwks;
 mod rate_limits;
+mod takeover;
 mod transport;
 
 use std::time::Duration;
