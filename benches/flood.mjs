@@ -3,7 +3,11 @@
 // an attacker-sized User-Agent (8 KiB); the other half open Socket.IO
 // connections (WebSocket) with a forged token. Every request must be
 // refused. Prints one JSON line: refusals per second by kind.
+// The flood comes from 127.0.0.2, another client address than the
+// measured PACS and viewer on 127.0.0.1, as an attacker on the network
+// would: readback's per-address caps apply to it, not to them.
 // Usage: node benches/flood.mjs BASE_URL SECONDS CONCURRENCY
+import http from "node:http";
 import { createRequire } from "node:module";
 
 const require = createRequire(new URL("../tests/js/package.json", import.meta.url));
@@ -19,27 +23,44 @@ const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
 const forged = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub: "mallory", roles: ["service"], exp: 4102444800 })}.${"A".repeat(43)}`;
 const userAgent = "flood/" + "x".repeat(8192);
 
-let http = 0, sockets = 0, accepted = 0, errors = 0;
+const localAddress = "127.0.0.2";
+const agent = new http.Agent({ keepAlive: true, localAddress });
+let refusedHttp = 0, sockets = 0, capped = 0, cappedHttp = 0, accepted = 0, errors = 0;
+
+function post(body) {
+  return new Promise((resolve) => {
+    const request = http.request(`${base}/api/v1/notifications`, {
+      method: "POST", agent,
+      headers: { authorization: `Bearer ${forged}`, "content-type": "application/json", "user-agent": userAgent },
+    }, (response) => { response.resume(); response.on("end", () => resolve(response.statusCode)); });
+    request.on("error", () => resolve(0));
+    request.end(body);
+  });
+}
 
 async function httpLoop() {
+  const body = JSON.stringify({ recipient: { userId: "victim" }, severity: "critical", title: "forged" });
   while (Date.now() < until) {
-    try {
-      const res = await fetch(`${base}/api/v1/notifications`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${forged}`, "content-type": "application/json", "user-agent": userAgent },
-        body: JSON.stringify({ recipient: { userId: "victim" }, severity: "critical", title: "forged" }),
-      });
-      await res.arrayBuffer();
-      if (res.status === 401) http++; else accepted++;
-    } catch { errors++; }
+    const status = await post(body);
+    if (status === 401) refusedHttp++;
+    else if (status === 429) { capped++; cappedHttp++; }
+    else if (status === 0) errors++;
+    else accepted++;
   }
 }
 
 function socketOnce() {
   return new Promise((done) => {
-    const socket = io(base, { auth: { token: forged }, transports: ["websocket"], reconnection: false, forceNew: true });
+    const socket = io(base, {
+      auth: { token: forged }, transports: ["websocket"], reconnection: false, forceNew: true, localAddress,
+    });
+    socket.io.on("error", () => {});
     socket.on("connect", () => { accepted++; socket.close(); done(); });
-    socket.on("connect_error", () => { sockets++; socket.close(); done(); });
+    socket.on("connect_error", (error) => {
+      // A handshake over the per-address cap is refused before Socket.IO.
+      if (String(error?.description?.message ?? error?.message).includes("429")) capped++; else sockets++;
+      socket.close(); done();
+    });
   });
 }
 
@@ -52,7 +73,9 @@ await Promise.all(Array.from({ length: concurrency }, (_, i) => (i % 2 ? socketL
 const elapsed = (Date.now() - started) / 1000;
 console.log(JSON.stringify({
   seconds: Math.round(elapsed * 10) / 10,
-  http_refused_per_s: Math.round(http / elapsed),
+  http_refused_per_s: Math.round(refusedHttp / elapsed),
   socket_refused_per_s: Math.round(sockets / elapsed),
-  refused: http + sockets, accepted, errors,
+  capped_per_s: Math.round(capped / elapsed),
+  capped_http_per_s: Math.round(cappedHttp / elapsed),
+  refused: refusedHttp + sockets + capped, accepted, errors,
 }));

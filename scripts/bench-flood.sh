@@ -68,7 +68,7 @@ counted = sum(int((e.get("detail") or {}).get("count", 1)) for e in entries)
 print(f"| {db} | {quiet['http_201_p50_ms']} / {quiet['http_201_p99_ms']} | "
       f"{flooded['http_201_p50_ms']} / {flooded['http_201_p99_ms']} | "
       f"{quiet['receipt_p99_ms']} → {flooded['receipt_p99_ms']} | "
-      f"{flood['http_refused_per_s']:,} + {flood['socket_refused_per_s']:,} | {flood['accepted']} | "
+      f"{flood['http_refused_per_s']:,} + {flood['socket_refused_per_s']:,} + {flood['capped_per_s']:,} | {flood['accepted']} | "
       f"{len(entries)} rows for {counted:,} refusals |")
 PY
 )
@@ -81,14 +81,17 @@ cat > docs/bench-flood.md <<MD
 Written by \`scripts/bench-flood.sh\` on $(nproc) cores, $(date -u +%Y-%m-%d), release
 build. $raises notifications raised one after another (\`benches/latency.mjs\`, one
 viewer on WebSocket), first on a quiet daemon, then while \`benches/flood.mjs\` runs
-$concurrency loops on the same machine: half POST raises with a forged token and an 8 KiB
-User-Agent, half open Socket.IO connections with a forged token. Every flood request
-is refused; refusals are counted in memory and written as one \`auth.refused\` row per
-source, channel and reason per \`audit.refusal_window\` (5 s here, 60 s by default).
+$concurrency loops on the same machine from another address (127.0.0.2): half POST raises
+with a forged token and an 8 KiB User-Agent, half open Socket.IO connections with a forged
+token. Every flood request is refused: by the token check (HTTP \`401\`, Socket.IO
+\`connect_error\`), or before it by the per-address cap on sessions waiting to
+authenticate (\`429\`; a refused handshake holds its place until \`server.connect_timeout\`).
+Token refusals are counted in memory and written as one \`auth.refused\` row per source,
+channel and reason per \`audit.refusal_window\` (5 s here, 60 s by default).
 The flood and the daemon share the machine's cores, so part of any slow-down is
 CPU taken by the attacker's own process.
 
-| database | 201 p50 / p99 quiet (ms) | 201 p50 / p99 under flood (ms) | receipt p99 quiet → flood (ms) | refused per s (HTTP + Socket.IO) | flood requests accepted | audit rows written by the flood |
+| database | 201 p50 / p99 quiet (ms) | 201 p50 / p99 under flood (ms) | receipt p99 quiet → flood (ms) | refused per s (HTTP 401 + Socket.IO + capped 429) | flood requests accepted | audit rows written by the flood |
 |---|---|---|---|---|---|---|
 $rows
 MD

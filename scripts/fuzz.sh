@@ -39,7 +39,8 @@ rewrites this page.
 
 ## Last campaign
 
-{total:,} inputs ({cases:,} per target and database) in {seconds/60:.1f} minutes,
+{total:,} inputs ({cases:,} per target and database), {seconds/60:.1f} minutes of
+target time (the four tests run side by side),
 started {started} at commit `{commit}`: **no failure** — every input was
 accepted or refused clearly, and nothing was stored that was refused.
 
