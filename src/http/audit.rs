@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::extract::{Authorized, QueryParams, Reader, Roles, query_time, within_limit};
+use super::extract::{Authorized, Budget, QueryParams, Reader, Roles, query_time, within_limit};
 use crate::audit::reads::{Read, Reads};
 use crate::audit::review::{self, row_json, to_csv};
 use crate::audit::{Action, AuditEvent};
@@ -64,12 +64,7 @@ pub async fn list(
     Authorized(caller, _): Authorized<AuditorOrAdmin>,
     QueryParams(query): QueryParams<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    within_limit(
-        &state,
-        &state.limits.audit_queries,
-        "audit_queries",
-        &caller,
-    )?;
+    within_limit(&state, Budget::AuditQueries, &caller)?;
     if let Some(action) = &query.action
         && Action::parse(action).is_none()
     {
@@ -260,12 +255,7 @@ pub async fn timeline(
     Authorized(caller, _): Authorized<Reader>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    within_limit(
-        &state,
-        &state.limits.audit_queries,
-        "audit_queries",
-        &caller,
-    )?;
+    within_limit(&state, Budget::AuditQueries, &caller)?;
     check_identifier("id", &id)?;
     let trace = crate::notifications::service::get(&state.notifications, &id).await?;
     let filter = AuditFilter {
@@ -312,12 +302,7 @@ pub async fn acknowledgements(
     Authorized(caller, _): Authorized<AuditorOrAdmin>,
     QueryParams(query): QueryParams<ReportQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    within_limit(
-        &state,
-        &state.limits.audit_queries,
-        "audit_queries",
-        &caller,
-    )?;
+    within_limit(&state, Budget::AuditQueries, &caller)?;
     let now = Timestamp::now();
     let to = query_time("to", &query.to)?.unwrap_or(now);
     let from = query_time("from", &query.from)?

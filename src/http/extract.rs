@@ -124,12 +124,30 @@ impl<R: Roles> FromRequestParts<AppState> for Authorized<R> {
 /// Spends one unit of `caller`'s budget in `limiter` (the `[limits]` limit
 /// named `limit`), before the handler does any work: over it, `429` with
 /// `Retry-After`, counted in `readback_rate_limited_total{limit}`.
-pub fn within_limit(
-    state: &AppState,
-    limiter: &PerKey,
-    limit: &'static str,
-    caller: &Identity,
-) -> Result<(), ApiError> {
+/// Which `[limits]` budget an HTTP request spends.
+#[derive(Debug, Clone, Copy)]
+pub enum Budget {
+    Raises,
+    AuditQueries,
+}
+
+impl Budget {
+    /// The `limit` label of `readback_rate_limited_total`.
+    fn name(self) -> &'static str {
+        match self {
+            Budget::Raises => "raises",
+            Budget::AuditQueries => "audit_queries",
+        }
+    }
+}
+
+/// Spends one request of the caller's `budget`, or refuses it (429).
+pub fn within_limit(state: &AppState, budget: Budget, caller: &Identity) -> Result<(), ApiError> {
+    let limiter: &PerKey = match budget {
+        Budget::Raises => &state.limits.raises,
+        Budget::AuditQueries => &state.limits.audit_queries,
+    };
+    let limit = budget.name();
     limiter.check(&caller.user_id).map_err(|retry_after| {
         state.metrics.rate_limited(limit);
         // Not logged above debug: a flood would flood the log too; the

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::extract::{
-    AnyRole, Authorized, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json, page_limit,
-    query_time, within_limit,
+    AnyRole, Authorized, Budget, JsonBody, QueryParams, Reader, ServiceOrAdmin, from_json,
+    page_limit, query_time, within_limit,
 };
 use crate::audit::reads::Read;
 use crate::notifications::service::Trace;
@@ -61,7 +61,7 @@ pub async fn raise(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     // Per service identity, so one looping integration cannot starve
     // another; refused before anything is stored.
-    within_limit(&state, &state.limits.raises, "raises", &caller)?;
+    within_limit(&state, Budget::Raises, &caller)?;
     let idempotency_key =
         match headers.get("idempotency-key") {
             Some(value) => Some(value.to_str().map_err(|_| {
@@ -210,12 +210,7 @@ pub async fn mine(
     Authorized(caller, _): Authorized<AnyRole>,
     QueryParams(query): QueryParams<MineQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    within_limit(
-        &state,
-        &state.limits.audit_queries,
-        "audit_queries",
-        &caller,
-    )?;
+    within_limit(&state, Budget::AuditQueries, &caller)?;
     let limit = page_limit(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let (page, next_cursor) = service::open_page(
         &state.notifications,
