@@ -49,7 +49,7 @@ LAYERS = {
     "store/": 2,
     "error.rs": 3, "notifications/service.rs": 3, "sessions/service.rs": 3,
     "escalation/service.rs": 3, "escalation/mailer.rs": 3,
-    "audit/review.rs": 3, "audit/refusals.rs": 3, "audit/reads.rs": 3, "scheduler.rs": 3, "supervisor.rs": 3,
+    "audit/review.rs": 3, "audit/refusals.rs": 3, "audit/reads.rs": 3, "audit/window.rs": 3, "scheduler.rs": 3, "supervisor.rs": 3,
     "jwks.rs": 3,
     "realtime/mod.rs": 3, "realtime/socketio.rs": 3, "realtime/topics.rs": 3, "realtime/messages.rs": 3,
     "http/": 4, "realtime/handlers.rs": 4, "realtime/cluster.rs": 4, "state.rs": 4, "shutdown.rs": 4,

@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod reads;
 pub mod refusals;
 pub mod review;
+pub mod window;
 
 use serde_json::Value;
 

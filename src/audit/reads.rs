@@ -14,21 +14,20 @@
 //! past [`MAX_KEYS`] keys the window is written early), or store an
 //! unbounded list (at most [`MAX_IDS`] notification ids per list key).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::window::{self, Window};
 use super::{Action, AuditEvent};
 use crate::auth::Identity;
 use crate::clock::Timestamp;
 use crate::notifications::{Notification, Recipient};
-use crate::store::{Store, StoreError, audit};
+use crate::store::{Store, StoreError};
 
 /// Keys per window before it is written early.
 pub const MAX_KEYS: usize = 1000;
@@ -91,7 +90,7 @@ struct Tally {
     ids_truncated: bool,
 }
 
-impl Tally {
+impl window::Tally for Tally {
     fn merge(&mut self, older: Tally) {
         self.count += older.count;
         self.rows += older.rows;
@@ -102,7 +101,9 @@ impl Tally {
             self.add_id(id);
         }
     }
+}
 
+impl Tally {
     fn add_id(&mut self, id: String) {
         if self.ids.len() < MAX_IDS || self.ids.contains(&id) {
             self.ids.insert(id);
@@ -115,9 +116,7 @@ impl Tally {
 /// The reads of the current window; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Reads {
-    pending: Arc<Mutex<HashMap<Key, Tally>>>,
-    /// Rung when the window is full, to write it early.
-    full: Arc<Notify>,
+    window: Window<Key, Tally>,
 }
 
 impl Reads {
@@ -155,42 +154,44 @@ impl Reads {
             client: reader.client_addr,
             what,
         };
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let tally = pending.entry(key).or_insert_with(|| {
-            let (patient_id, study_id, recipient_user) = match &read {
-                Read::One(n) => (
-                    n.patient_id.clone(),
-                    n.study_id.clone(),
-                    match &n.recipient {
-                        Recipient::User(user) => Some(user.clone()),
-                        Recipient::Role(_) => None,
-                    },
-                ),
-                _ => (None, None, None),
-            };
-            Tally {
-                count: 0,
-                rows: 0,
-                first_at: now,
-                last_at: now,
-                patient_id,
-                study_id,
-                recipient_user,
-                filters,
-                ids: BTreeSet::new(),
-                ids_truncated: false,
+        let full = self.window.count(|pending| {
+            let tally = pending.entry(key).or_insert_with(|| {
+                let (patient_id, study_id, recipient_user) = match &read {
+                    Read::One(n) => (
+                        n.patient_id.clone(),
+                        n.study_id.clone(),
+                        match &n.recipient {
+                            Recipient::User(user) => Some(user.clone()),
+                            Recipient::Role(_) => None,
+                        },
+                    ),
+                    _ => (None, None, None),
+                };
+                Tally {
+                    count: 0,
+                    rows: 0,
+                    first_at: now,
+                    last_at: now,
+                    patient_id,
+                    study_id,
+                    recipient_user,
+                    filters,
+                    ids: BTreeSet::new(),
+                    ids_truncated: false,
+                }
+            });
+            tally.count += 1;
+            tally.rows += rows;
+            tally.last_at = now;
+            if let Read::List { notifications, .. } = &read {
+                for notification in *notifications {
+                    tally.add_id(notification.id.clone());
+                }
             }
+            pending.len() >= MAX_KEYS
         });
-        tally.count += 1;
-        tally.rows += rows;
-        tally.last_at = now;
-        if let Read::List { notifications, .. } = &read {
-            for notification in *notifications {
-                tally.add_id(notification.id.clone());
-            }
-        }
-        if pending.len() >= MAX_KEYS {
-            self.full.notify_one();
+        if full {
+            self.window.write_early();
         }
     }
 
@@ -198,33 +199,7 @@ impl Reads {
     /// transaction. Returns how many rows. Kept for the next window if the
     /// database refuses.
     pub async fn flush(&self, store: &Store) -> Result<usize, StoreError> {
-        let taken =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        if taken.is_empty() {
-            return Ok(0);
-        }
-        let events: Vec<AuditEvent> = taken.iter().map(|(key, tally)| row(key, tally)).collect();
-        let rows = events.len();
-        let written = async {
-            let mut tx = store.begin().await?;
-            audit::append_all(&mut tx, events).await?;
-            tx.commit().await?;
-            Ok::<_, StoreError>(())
-        }
-        .await;
-        if let Err(e) = written {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            for (key, tally) in taken {
-                match pending.get_mut(&key) {
-                    Some(newer) => newer.merge(tally),
-                    None => {
-                        pending.insert(key, tally);
-                    }
-                }
-            }
-            return Err(e);
-        }
-        Ok(rows)
+        self.window.flush(store, row).await
     }
 
     /// Flushes every `window` (or when the window is full) on `tasks`, and
@@ -236,24 +211,8 @@ impl Reads {
         window: Duration,
         stop: CancellationToken,
     ) {
-        let reads = self.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(window);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let stopping = tokio::select! {
-                    _ = tick.tick() => false,
-                    () = reads.full.notified() => false,
-                    () = stop.cancelled() => true,
-                };
-                if let Err(e) = reads.flush(&store).await {
-                    tracing::warn!(error = %e, "could not write the audited reads; keeping them for the next window");
-                }
-                if stopping {
-                    return;
-                }
-            }
-        });
+        self.window
+            .spawn_flusher(tasks, store, window, stop, row, "audited reads");
     }
 }
 
@@ -339,13 +298,14 @@ mod tests {
                 complete: false,
             },
         );
-        let pending = reads.pending.lock().unwrap();
-        assert_eq!(pending.len(), 2);
-        let rows: Vec<Value> = pending
-            .iter()
-            .map(|(k, t)| row(k, t).into_row(1, "").detail)
-            .map(|d| serde_json::from_str(&d).unwrap())
-            .collect();
+        let rows: Vec<Value> = reads.window.count(|pending| {
+            assert_eq!(pending.len(), 2);
+            pending
+                .iter()
+                .map(|(k, t)| row(k, t).into_row(1, "").detail)
+                .map(|d| serde_json::from_str(&d).unwrap())
+                .collect()
+        });
         let full = rows.iter().find(|r| r["complete"] == true).unwrap();
         assert_eq!(full["count"], 3);
         assert_eq!(full["rows"], 30);

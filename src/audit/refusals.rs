@@ -10,18 +10,17 @@
 //! Never: store attacker-sized text (every stored string is truncated), or
 //! grow without bound (past [`MAX_KEYS`] sources, refusals share one key).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::window::{self, Window};
 use super::{Action, AuditEvent};
 use crate::clock::Timestamp;
-use crate::store::{Store, StoreError, audit};
+use crate::store::{Store, StoreError};
 
 /// Distinct (source, channel, reason) keys kept per window; refusals past
 /// it are counted under one key with no source.
@@ -45,10 +44,17 @@ struct Tally {
     user_agent: Option<String>,
 }
 
+impl window::Tally for Tally {
+    fn merge(&mut self, older: Tally) {
+        self.count += older.count;
+        self.first_at = older.first_at;
+    }
+}
+
 /// The refusals of the current window; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Refusals {
-    pending: Arc<Mutex<HashMap<Key, Tally>>>,
+    window: Window<Key, Tally>,
 }
 
 /// One refused token, as the edge saw it.
@@ -70,80 +76,36 @@ impl Refusals {
     /// Counts one refusal; written at the end of the window.
     pub fn record(&self, refusal: &Refusal<'_>) {
         let now = Timestamp::now();
-        let mut pending = self.pending.lock().expect("refusal tally poisoned");
-        let mut key = Key {
-            source: refusal.source,
-            channel: refusal.channel,
-            reason: bounded(refusal.reason),
-        };
-        if pending.len() >= MAX_KEYS && !pending.contains_key(&key) {
-            key = Key {
-                source: None,
+        self.window.count(|pending| {
+            let mut key = Key {
+                source: refusal.source,
                 channel: refusal.channel,
-                reason: "many sources".into(),
+                reason: bounded(refusal.reason),
             };
-        }
-        let tally = pending.entry(key).or_insert_with(|| Tally {
-            count: 0,
-            first_at: now,
-            last_at: now,
-            path: refusal.path.map(bounded),
-            user_agent: refusal.user_agent.map(bounded),
+            if pending.len() >= MAX_KEYS && !pending.contains_key(&key) {
+                key = Key {
+                    source: None,
+                    channel: refusal.channel,
+                    reason: "many sources".into(),
+                };
+            }
+            let tally = pending.entry(key).or_insert_with(|| Tally {
+                count: 0,
+                first_at: now,
+                last_at: now,
+                path: refusal.path.map(bounded),
+                user_agent: refusal.user_agent.map(bounded),
+            });
+            tally.count += 1;
+            tally.last_at = now;
         });
-        tally.count += 1;
-        tally.last_at = now;
     }
 
     /// Writes what the window counted, one audit row per key, in one
     /// transaction. Returns how many rows. Kept for the next window if the
     /// database refuses.
     pub async fn flush(&self, store: &Store) -> Result<usize, StoreError> {
-        let taken = std::mem::take(&mut *self.pending.lock().expect("refusal tally poisoned"));
-        if taken.is_empty() {
-            return Ok(0);
-        }
-        let events: Vec<AuditEvent> = taken
-            .iter()
-            .map(|(key, tally)| {
-                AuditEvent::new(Action::AuthRefused, tally.last_at)
-                    .outcome("refused")
-                    .detail(json!({
-                        "channel": key.channel,
-                        "reason": key.reason,
-                        "source": key.source.map(|ip| ip.to_string()),
-                        "count": tally.count,
-                        "firstAt": tally.first_at,
-                        "lastAt": tally.last_at,
-                        "path": tally.path,
-                        "userAgent": tally.user_agent,
-                    }))
-            })
-            .collect();
-        let rows = events.len();
-        let written = async {
-            let mut tx = store.begin().await?;
-            audit::append_all(&mut tx, events).await?;
-            tx.commit().await?;
-            Ok::<_, StoreError>(())
-        }
-        .await;
-        if let Err(e) = written {
-            // Put the counts back (merged with what came meanwhile).
-            let mut pending = self.pending.lock().expect("refusal tally poisoned");
-            for (key, tally) in taken {
-                match pending.get_mut(&key) {
-                    Some(now) => {
-                        now.count += tally.count;
-                        now.first_at = tally.first_at;
-                    }
-                    None => {
-                        pending.insert(key, tally);
-                    }
-                }
-            }
-            return Err(e);
-        }
-        Ok(rows)
+        self.window.flush(store, row).await
     }
 
     /// Flushes every `window` on `tasks`, and a last time when `stop`
@@ -155,24 +117,25 @@ impl Refusals {
         window: Duration,
         stop: CancellationToken,
     ) {
-        let refusals = self.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(window);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let stopping = tokio::select! {
-                    _ = tick.tick() => false,
-                    () = stop.cancelled() => true,
-                };
-                if let Err(e) = refusals.flush(&store).await {
-                    tracing::warn!(error = %e, "could not write the refused logins; keeping them for the next window");
-                }
-                if stopping {
-                    return;
-                }
-            }
-        });
+        self.window
+            .spawn_flusher(tasks, store, window, stop, row, "refused logins");
     }
+}
+
+/// The `auth.refused` row of one key's window.
+fn row(key: &Key, tally: &Tally) -> AuditEvent {
+    AuditEvent::new(Action::AuthRefused, tally.last_at)
+        .outcome("refused")
+        .detail(json!({
+            "channel": key.channel,
+            "reason": key.reason,
+            "source": key.source.map(|ip| ip.to_string()),
+            "count": tally.count,
+            "firstAt": tally.first_at,
+            "lastAt": tally.last_at,
+            "path": tally.path,
+            "userAgent": tally.user_agent,
+        }))
 }
 
 #[cfg(test)]
@@ -201,17 +164,18 @@ mod tests {
                 user_agent: None,
             });
         }
-        let pending = refusals.pending.lock().unwrap();
-        assert_eq!(pending.len(), MAX_KEYS + 1, "one overflow key");
-        let flood = pending
-            .iter()
-            .find(|(k, _)| k.channel == "http")
-            .map(|(_, t)| t)
-            .unwrap();
-        assert_eq!(flood.count, 500);
-        assert_eq!(flood.path.as_ref().unwrap().len(), MAX_TEXT);
-        assert_eq!(flood.user_agent.as_ref().unwrap().len(), MAX_TEXT);
-        let total: u64 = pending.values().map(|t| t.count).sum();
-        assert_eq!(total, 500 + MAX_KEYS as u64 + 50);
+        refusals.window.count(|pending| {
+            assert_eq!(pending.len(), MAX_KEYS + 1, "one overflow key");
+            let flood = pending
+                .iter()
+                .find(|(k, _)| k.channel == "http")
+                .map(|(_, t)| t)
+                .unwrap();
+            assert_eq!(flood.count, 500);
+            assert_eq!(flood.path.as_ref().unwrap().len(), MAX_TEXT);
+            assert_eq!(flood.user_agent.as_ref().unwrap().len(), MAX_TEXT);
+            let total: u64 = pending.values().map(|t| t.count).sum();
+            assert_eq!(total, 500 + MAX_KEYS as u64 + 50);
+        });
     }
 }
