@@ -4,8 +4,8 @@
 //! audit rows in one transaction, putting them back (merged with what came
 //! meanwhile) when the database refuses, and the task that flushes every
 //! window, early when asked, and a last time at shutdown. Refused logins
-//! ([`super::refusals`]) and reads of PHI ([`super::reads`]) are such
-//! windows; each says what its key, tally and row are.
+//! (`refusals.rs`) and reads of PHI (`reads.rs`) are such windows; each
+//! says what its key, tally and row are.
 //! Never: decide what is counted or what a row says.
 
 use std::collections::HashMap;
