@@ -27,7 +27,7 @@ use super::{Action, AuditEvent};
 use crate::auth::Identity;
 use crate::clock::Timestamp;
 use crate::notifications::{Notification, Recipient};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// Keys per window before it is written early.
 pub const MAX_KEYS: usize = 1000;
@@ -90,7 +90,13 @@ struct Tally {
     ids_truncated: bool,
 }
 
-impl window::Tally for Tally {
+impl window::Tally<Key> for Tally {
+    const WHAT: &'static str = "audited reads";
+
+    fn row(&self, key: &Key) -> AuditEvent {
+        row(key, self)
+    }
+
     fn merge(&mut self, older: Tally) {
         self.count += older.count;
         self.rows += older.rows;
@@ -195,13 +201,6 @@ impl Reads {
         }
     }
 
-    /// Writes what the window counted, one audit row per key, in one
-    /// transaction. Returns how many rows. Kept for the next window if the
-    /// database refuses.
-    pub async fn flush(&self, store: &Store) -> Result<usize, StoreError> {
-        self.window.flush(store, row).await
-    }
-
     /// Flushes every `window` (or when the window is full) on `tasks`, and
     /// a last time when `stop` fires (after serving has ended).
     pub fn spawn_flusher(
@@ -211,8 +210,7 @@ impl Reads {
         window: Duration,
         stop: CancellationToken,
     ) {
-        self.window
-            .spawn_flusher(tasks, store, window, stop, row, "audited reads");
+        self.window.spawn_flusher(tasks, store, window, stop);
     }
 }
 

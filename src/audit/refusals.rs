@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use super::window::{self, Window};
 use super::{Action, AuditEvent};
 use crate::clock::Timestamp;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// Distinct (source, channel, reason) keys kept per window; refusals past
 /// it are counted under one key with no source.
@@ -44,7 +44,13 @@ struct Tally {
     user_agent: Option<String>,
 }
 
-impl window::Tally for Tally {
+impl window::Tally<Key> for Tally {
+    const WHAT: &'static str = "refused logins";
+
+    fn row(&self, key: &Key) -> AuditEvent {
+        row(key, self)
+    }
+
     fn merge(&mut self, older: Tally) {
         self.count += older.count;
         self.first_at = older.first_at;
@@ -101,13 +107,6 @@ impl Refusals {
         });
     }
 
-    /// Writes what the window counted, one audit row per key, in one
-    /// transaction. Returns how many rows. Kept for the next window if the
-    /// database refuses.
-    pub async fn flush(&self, store: &Store) -> Result<usize, StoreError> {
-        self.window.flush(store, row).await
-    }
-
     /// Flushes every `window` on `tasks`, and a last time when `stop`
     /// fires (after serving has ended, so no refusal is left unwritten).
     pub fn spawn_flusher(
@@ -117,8 +116,7 @@ impl Refusals {
         window: Duration,
         stop: CancellationToken,
     ) {
-        self.window
-            .spawn_flusher(tasks, store, window, stop, row, "refused logins");
+        self.window.spawn_flusher(tasks, store, window, stop);
     }
 }
 

@@ -20,11 +20,15 @@ use tokio_util::task::TaskTracker;
 use super::AuditEvent;
 use crate::store::{Store, StoreError, audit};
 
-/// What a window counts per key.
-pub trait Tally: Send + 'static {
+/// What a window counts per key `K`, and the row it writes.
+pub trait Tally<K>: Send + 'static {
+    /// What the rows are, for a warning when they cannot be written.
+    const WHAT: &'static str;
     /// Adds the tally of an earlier window (one the database refused) to
     /// this one.
     fn merge(&mut self, older: Self);
+    /// The audit row of this key's window.
+    fn row(&self, key: &K) -> AuditEvent;
 }
 
 /// The tallies of the current window; cheap to clone.
@@ -52,7 +56,7 @@ impl<K, T> Default for Window<K, T> {
     }
 }
 
-impl<K: Eq + Hash + Send + 'static, T: Tally> Window<K, T> {
+impl<K: Eq + Hash + Send + 'static, T: Tally<K>> Window<K, T> {
     /// Runs `count` on the window's tallies. A panic elsewhere while they
     /// were held leaves counts, not broken invariants: they are used as is.
     pub fn count<R>(&self, count: impl FnOnce(&mut HashMap<K, T>) -> R) -> R {
@@ -67,16 +71,12 @@ impl<K: Eq + Hash + Send + 'static, T: Tally> Window<K, T> {
     /// Writes what the window counted, one audit row per key, in one
     /// transaction. Returns how many rows. Kept for the next window if the
     /// database refuses.
-    pub async fn flush(
-        &self,
-        store: &Store,
-        row: fn(&K, &T) -> AuditEvent,
-    ) -> Result<usize, StoreError> {
+    pub async fn flush(&self, store: &Store) -> Result<usize, StoreError> {
         let taken = self.count(std::mem::take);
         if taken.is_empty() {
             return Ok(0);
         }
-        let events: Vec<AuditEvent> = taken.iter().map(|(key, tally)| row(key, tally)).collect();
+        let events: Vec<AuditEvent> = taken.iter().map(|(key, tally)| tally.row(key)).collect();
         let rows = events.len();
         let written = async {
             let mut tx = store.begin().await?;
@@ -103,15 +103,13 @@ impl<K: Eq + Hash + Send + 'static, T: Tally> Window<K, T> {
 
     /// Flushes every `window` (or when asked early) on `tasks`, and a last
     /// time when `stop` fires (after serving has ended, so nothing counted
-    /// is left unwritten). `what` names the rows in a warning.
+    /// is left unwritten).
     pub fn spawn_flusher(
         &self,
         tasks: &TaskTracker,
         store: Store,
         window: Duration,
         stop: CancellationToken,
-        row: fn(&K, &T) -> AuditEvent,
-        what: &'static str,
     ) {
         let this = self.clone();
         tasks.spawn(async move {
@@ -123,8 +121,8 @@ impl<K: Eq + Hash + Send + 'static, T: Tally> Window<K, T> {
                     () = this.full.notified() => false,
                     () = stop.cancelled() => true,
                 };
-                if let Err(e) = this.flush(&store, row).await {
-                    tracing::warn!(error = %e, what, "could not write the window's audit rows; keeping them for the next window");
+                if let Err(e) = this.flush(&store).await {
+                    tracing::warn!(error = %e, what = T::WHAT, "could not write the window's audit rows; keeping them for the next window");
                 }
                 if stopping {
                     return;
