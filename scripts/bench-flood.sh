@@ -3,7 +3,7 @@
 # PostgreSQL, release build; writes docs/bench-flood.md.
 #   scripts/bench-flood.sh            (scripts/bench.sh runs it too)
 # Environment: FLOOD_RAISES (raises measured per phase, default 1000),
-# FLOOD_CONCURRENCY (flood loops, default 32).
+# FLOOD_CONCURRENCY (flood loops, default 32), FLOOD_SECONDS (each flood, default 30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/postgres.sh
@@ -22,15 +22,14 @@ else
   ours=""; theirs=""
 fi
 concurrency=${FLOOD_CONCURRENCY:-32}
+seconds=${FLOOD_SECONDS:-30}
 rows=""
-for db in sqlite postgres; do
-  if [ "$db" = sqlite ]; then
-    url="sqlite://$work/flood.db"
-  else
-    psql -q "$READBACK_TEST_POSTGRES_URL" -c "DROP DATABASE IF EXISTS readback_flood" -c "CREATE DATABASE readback_flood"
-    url="${READBACK_TEST_POSTGRES_URL%/*}/readback_flood"
-  fi
-  cat > "$work/$db.toml" <<TOML
+audits=""
+
+# Starts the daemon on $url with $1 added to [limits]; sets pid, base and
+# the tokens.
+start_daemon() {
+  cat > "$work/run.toml" <<TOML
 [server]
 listen = "127.0.0.1:0"
 [auth]
@@ -44,43 +43,100 @@ refusal_window = "5s"
 [limits]
 raises_burst = 1000000
 raises_per_second = 1000000
+$1
 [logging]
 level = "warn"
 TOML
-  $ours "$bin" serve --config "$work/$db.toml" > "$work/$db.out" 2>"$work/$db.err" &
+  $ours "$bin" serve --config "$work/run.toml" > "$work/daemon.out" 2>"$work/daemon.err" &
   pid=$!
-  for _ in $(seq 100); do grep -q listening "$work/$db.out" 2>/dev/null && break; sleep 0.1; done
-  base=$(sed -n 's/^readbackd listening on //p' "$work/$db.out")
-  service=$("$bin" token --config "$work/$db.toml" --user pacs --role service)
-  viewer=$("$bin" token --config "$work/$db.toml" --user bench-viewer --role radiologist)
-  admin=$("$bin" token --config "$work/$db.toml" --user bench-admin --role admin)
+  for _ in $(seq 100); do grep -q listening "$work/daemon.out" 2>/dev/null && break; sleep 0.1; done
+  base=$(sed -n 's/^readbackd listening on //p' "$work/daemon.out")
+  service=$("$bin" token --config "$work/run.toml" --user pacs --role service)
+  viewer=$("$bin" token --config "$work/run.toml" --user bench-viewer --role radiologist)
+  admin=$("$bin" token --config "$work/run.toml" --user bench-admin --role admin)
+}
 
-  quiet=$($ours node benches/latency.mjs "$base" "$service" "$viewer" "$raises")
-  # The flood runs well past the measurement; its figures come at its end.
-  $theirs node benches/flood.mjs "$base" 90 "$concurrency" > "$work/flood.json" &
-  flood=$!
-  sleep 3
-  flooded=$($ours node benches/latency.mjs "$base" "$service" "$viewer" "$raises")
-  wait "$flood"
-  flood_figures=$(cat "$work/flood.json")
-  # Let the last refusal window be written.
-  sleep 6
-  audit=$(curl -s -H "authorization: Bearer $admin" "$base/api/v1/audit?action=auth.refused&limit=1000")
-  kill -TERM "$pid"; wait "$pid" || true
-  echo "$db: quiet $quiet; under flood $flooded; flood $flood_figures"
-  rows="$rows$(python3 - "$db" "$quiet" "$flooded" "$flood_figures" "$audit" <<'PY'
+held_total() {
+  curl -s "$base/metrics" | sed -n 's/^readback_requests_held_total //p'
+}
+
+# One measured phase: $1 its name, $2 the flood's source addresses (0: no
+# flood). Appends a table row.
+phase() {
+  local flood_figures='{}' held_before held_after flood measured
+  held_before=$(held_total)
+  if [ "$2" -gt 0 ]; then
+    # The flood runs well past the measurement; its figures come at its end.
+    $theirs node benches/flood.mjs "$base" "$seconds" "$concurrency" "$2" > "$work/flood.json" &
+    flood=$!
+    sleep 3
+  fi
+  measured=$($ours node benches/latency.mjs "$base" "$service" "$viewer" "$raises")
+  if [ "$2" -gt 0 ]; then
+    wait "$flood"
+    flood_figures=$(cat "$work/flood.json")
+  fi
+  held_after=$(held_total)
+  echo "$db, $1: $measured; flood $flood_figures; held $held_before → $held_after"
+  rows="$rows$(python3 - "$db" "$1" "$measured" "$flood_figures" "$((held_after - held_before))" <<'PY'
 import json, sys
-db, quiet, flooded, flood, audit = sys.argv[1], *map(json.loads, sys.argv[2:])
-entries = audit["items"]
-counted = sum(int((e.get("detail") or {}).get("count", 1)) for e in entries)
-print(f"| {db} | {quiet['http_201_p50_ms']} / {quiet['http_201_p99_ms']} | "
-      f"{flooded['http_201_p50_ms']} / {flooded['http_201_p99_ms']} | "
-      f"{quiet['receipt_p99_ms']} → {flooded['receipt_p99_ms']} | "
-      f"{flood['http_refused_per_s']:,} + {flood['socket_refused_per_s']:,} + {flood['capped_per_s']:,} | {flood['accepted']} | "
-      f"{len(entries)} rows for {counted:,} refusals |")
+db, name, measured, flood, held = sys.argv[1], sys.argv[2], *map(json.loads, sys.argv[3:])
+refused = (f"{flood['http_refused_per_s']:,} + {flood['socket_refused_per_s']:,} + {flood['capped_per_s']:,}"
+           if flood else "—")
+per_s = f"{round(held / flood['seconds']):,}" if flood else "—"
+print(f"| {db} | {name} | {refused} | {per_s} | "
+      f"{measured['http_201_p50_ms']} / {measured['http_201_p99_ms']} | "
+      f"{measured['receipt_p99_ms']} | {flood.get('accepted', '—')} |")
 PY
 )
 "
+}
+
+# The audit rows the floods of this daemon cost; $1 names the daemon.
+count_audit() {
+  # Let the last refusal window be written.
+  sleep 6
+  local audit
+  audit=$(curl -s -H "authorization: Bearer $admin" "$base/api/v1/audit?action=auth.refused&limit=1000")
+  audits="$audits$(python3 - "$db" "$1" "$audit" <<'PY'
+import json, sys
+db, name, audit = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+entries = audit["items"]
+counted = sum(int((e.get("detail") or {}).get("count", 1)) for e in entries)
+print(f"- {db}, {name}: {len(entries)} `auth.refused` rows for {counted:,} refusals")
+PY
+)
+"
+}
+
+for db in sqlite postgres; do
+  if [ "$db" = sqlite ]; then
+    url="sqlite://$work/flood.db"
+  else
+    url="${READBACK_TEST_POSTGRES_URL%/*}/readback_flood"
+  fi
+  for limits in default off; do
+    if [ "$db" = postgres ]; then
+      psql -q "$READBACK_TEST_POSTGRES_URL" -c "DROP DATABASE IF EXISTS readback_flood" -c "CREATE DATABASE readback_flood"
+    else
+      rm -f "$work"/flood.db*
+    fi
+    if [ "$limits" = default ]; then
+      # The defaults: an address refused too often is held.
+      start_daemon ""
+      phase "none (quiet)" 0
+      phase "one address, held (default)" 1
+      phase "32 addresses, held (default)" 32
+      count_audit "default limits (both floods)"
+    else
+      # Holding off: what each refusal costs, as from more addresses than
+      # their budgets hold back.
+      start_daemon $'refused_logins_burst = 1000000\nrefused_logins_per_second = 1000000'
+      phase "one address, holding off" 1
+      count_audit "holding off"
+    fi
+    kill -TERM "$pid"; wait "$pid" || true
+  done
 done
 rm -rf "$work"
 cat > docs/bench-flood.md <<MD
@@ -88,20 +144,31 @@ cat > docs/bench-flood.md <<MD
 
 Written by \`scripts/bench-flood.sh\` on $(nproc) cores, $(date -u +%Y-%m-%d), release
 build. $raises notifications raised one after another (\`benches/latency.mjs\`, one
-viewer on WebSocket), first on a quiet daemon, then while \`benches/flood.mjs\` runs
-$concurrency loops on the same machine from another address (127.0.0.2): half POST raises
+viewer on WebSocket), first on a quiet daemon, then each time while \`benches/flood.mjs\` runs
+$concurrency loops on the same machine from other addresses (127.0.0.2 on): half POST raises
 with a forged token and an 8 KiB User-Agent, half open Socket.IO connections with a forged
 token. Every flood request is refused: by the token check (HTTP \`401\`, Socket.IO
 \`connect_error\`), or before it by the per-address cap on sessions waiting to
 authenticate (\`429\`; a refused handshake holds its place until \`server.connect_timeout\`).
 Token refusals are counted in memory and written as one \`auth.refused\` row per source,
 channel and reason per \`audit.refusal_window\` (5 s here, 60 s by default).
+
+With the default \`[limits]\`, an address refused more than 50 times, then more than once a
+second, is *held*: its next requests wait for its budget to refill before they are
+served (see [security.md](security.md)). The floods run from one address and from 32
+(one loop each). A second daemon runs with holding off (\`refused_logins_*\` at a
+million): what each refusal costs when a flood comes from more addresses than
+their budgets hold back.
+
 The attacker's process is pinned to the last core ($([ "$last" -ge 1 ] && echo "core $last" || echo "not pinned: one core")) and the
 daemon and the measuring clients to the others, so the slow-down measured is the
 daemon's own cost of refusing the flood, not CPU taken by the attacker's process.
 
-| database | 201 p50 / p99 quiet (ms) | 201 p50 / p99 under flood (ms) | receipt p99 quiet → flood (ms) | refused per s (HTTP 401 + Socket.IO + capped 429) | flood requests accepted | audit rows written by the flood |
+| database | flood | refused per s (HTTP 401 + Socket.IO + capped 429) | held per s | 201 p50 / p99 (ms) | receipt p99 (ms) | flood requests accepted |
 |---|---|---|---|---|---|---|
 $rows
+Audit rows written by the floods:
+
+$audits
 MD
 cat docs/bench-flood.md

@@ -216,7 +216,11 @@ impl Application {
                 (router, state)
             }
         };
-        let limits = Limits::from_config(&state.config.server, state.metrics.clone());
+        let limits = Limits::from_config(
+            &state.config.server,
+            state.limits.refused_logins.clone(),
+            state.metrics.clone(),
+        );
         // Outermost but for CORS (so a refusal still carries CORS headers):
         // every request, Socket.IO's included, gets its client address and
         // meets the caps first.

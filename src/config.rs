@@ -81,6 +81,13 @@ pub struct LimitsConfig {
     pub connects_burst: u32,
     #[serde(default = "default_connects_per_second")]
     pub connects_per_second: f64,
+    /// Refused logins (a bad or missing token, over HTTP or Socket.IO) per
+    /// client address; over it, that address's next requests are held until
+    /// its budget allows another.
+    #[serde(default = "default_refused_logins_burst")]
+    pub refused_logins_burst: u32,
+    #[serde(default = "default_refused_logins_per_second")]
+    pub refused_logins_per_second: f64,
 }
 
 /// One limit: `burst` at once, refilled at `per_second`.
@@ -115,14 +122,21 @@ impl LimitsConfig {
             per_second: self.connects_per_second,
         }
     }
+    pub fn refused_logins(&self) -> Rate {
+        Rate {
+            burst: self.refused_logins_burst,
+            per_second: self.refused_logins_per_second,
+        }
+    }
 
     /// Each limit with its key prefix, for validation.
-    fn all(&self) -> [(&'static str, Rate); 4] {
+    fn all(&self) -> [(&'static str, Rate); 5] {
         [
             ("raises", self.raises()),
             ("client_events", self.client_events()),
             ("audit_queries", self.audit_queries()),
             ("connects", self.connects()),
+            ("refused_logins", self.refused_logins()),
         ]
     }
 }
@@ -138,6 +152,8 @@ impl Default for LimitsConfig {
             audit_queries_per_second: default_audit_queries_per_second(),
             connects_burst: default_connects_burst(),
             connects_per_second: default_connects_per_second(),
+            refused_logins_burst: default_refused_logins_burst(),
+            refused_logins_per_second: default_refused_logins_per_second(),
         }
     }
 }
@@ -173,6 +189,14 @@ fn default_connects_burst() -> u32 {
     20
 }
 fn default_connects_per_second() -> f64 {
+    1.0
+}
+/// A shift of viewers behind one NAT reconnecting with expired tokens stays
+/// well inside it; a loop of forged tokens does not.
+fn default_refused_logins_burst() -> u32 {
+    50
+}
+fn default_refused_logins_per_second() -> f64 {
     1.0
 }
 

@@ -4,14 +4,21 @@
 //! Owns: [`Limits`], one keyed limiter per kind of work limited per caller
 //! (raises and audit queries per token `sub`, connects per user) and the
 //! quota of the per-socket limiter of client events ([`PerSocket`]), all
-//! GCRA limiters from the `governor` crate; and the pruning that keeps the
-//! keyed maps to the callers seen lately.
+//! GCRA limiters from the `governor` crate; [`RefusedLogins`], which holds
+//! back the requests of an address that keeps presenting bad tokens (after
+//! OpenSSH's per-source penalties: the cheapest refusal is the one that
+//! waits); and the pruning that keeps the keyed maps to the callers seen
+//! lately.
 //! Never: decide what a refusal looks like on the wire (each edge maps
 //! [`RetryAfter`] once: `429` with `Retry-After`, a `rate_limited` ack), or
 //! touch the database — a refused caller costs a map lookup, nothing more.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
@@ -52,15 +59,19 @@ fn quota(rate: Rate) -> Quota {
 /// faster than [`PRUNE_EVERY`].
 const PRUNE_ABOVE: usize = 10_000;
 
+/// The longest a request is held at a time, however slow the configured
+/// refill: it stays well inside `server.request_timeout` and a shutdown.
+const LONGEST_HOLD: Duration = Duration::from_secs(5);
+
 /// How often the keyed limiters forget callers whose budget is full again.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// One budget per key (a caller's `sub`, a user id).
-pub struct PerKey {
-    limiter: DefaultKeyedRateLimiter<String>,
+/// One budget per key (a caller's `sub`, a user id, a client address).
+pub struct PerKey<K: Clone + Hash + Eq = String> {
+    limiter: DefaultKeyedRateLimiter<K>,
 }
 
-impl PerKey {
+impl<K: Clone + Hash + Eq> PerKey<K> {
     pub fn new(rate: Rate) -> Self {
         Self {
             limiter: DefaultKeyedRateLimiter::keyed(quota(rate)),
@@ -69,7 +80,7 @@ impl PerKey {
 
     /// Spends one unit of `key`'s budget, or says how long until there is
     /// one.
-    pub fn check(&self, key: &str) -> Result<(), RetryAfter> {
+    pub fn check<Q: ?Sized + ToOwned<Owned = K>>(&self, key: &Q) -> Result<(), RetryAfter> {
         if self.limiter.len() >= PRUNE_ABOVE {
             self.prune();
         }
@@ -91,6 +102,58 @@ impl PerKey {
     /// How many callers are tracked.
     pub fn tracked(&self) -> usize {
         self.limiter.len()
+    }
+}
+
+/// The addresses that were refused a login more often than
+/// `limits.refused_logins_*` allow, and until when their requests are held.
+///
+/// A held request waits (a timer, no parsing of its token, no audit work)
+/// and is then served as any other: an address that presents a good token
+/// again is slowed, never refused. A flood from one address is so reduced
+/// to about one refusal per connection per refill period.
+pub struct RefusedLogins {
+    budget: PerKey<IpAddr>,
+    held: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl RefusedLogins {
+    pub fn new(rate: Rate) -> Self {
+        Self {
+            budget: PerKey::new(rate),
+            held: Mutex::default(),
+        }
+    }
+
+    /// Counts one refused login from `source`; over its budget, `source`
+    /// is held until the budget allows another.
+    pub fn refused(&self, source: IpAddr) {
+        if let Err(RetryAfter(wait)) = self.budget.check(&source) {
+            let now = Instant::now();
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if held.len() >= PRUNE_ABOVE {
+                held.retain(|_, until| *until > now);
+            }
+            held.insert(source, now + wait);
+        }
+    }
+
+    /// How long a request of `source` must wait before it is served, if
+    /// `source` is held.
+    pub fn hold(&self, source: IpAddr) -> Option<Duration> {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let until = *held.get(&source)?;
+        until
+            .checked_duration_since(Instant::now())
+            .map(|wait| wait.min(LONGEST_HOLD))
+    }
+
+    fn prune(&self) {
+        self.budget.prune();
+        let now = Instant::now();
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.retain(|_, until| *until > now);
+        held.shrink_to_fit();
     }
 }
 
@@ -120,6 +183,8 @@ pub struct Limits {
     pub audit_queries: PerKey,
     /// Socket.IO connections, per user.
     pub connects: PerKey,
+    /// Refused logins, per client address.
+    pub refused_logins: Arc<RefusedLogins>,
     client_events: Quota,
 }
 
@@ -129,6 +194,7 @@ impl Limits {
             raises: PerKey::new(config.raises()),
             audit_queries: PerKey::new(config.audit_queries()),
             connects: PerKey::new(config.connects()),
+            refused_logins: Arc::new(RefusedLogins::new(config.refused_logins())),
             client_events: quota(config.client_events()),
         }
     }
@@ -142,10 +208,11 @@ impl Limits {
         for limiter in [&self.raises, &self.audit_queries, &self.connects] {
             limiter.prune();
         }
+        self.refused_logins.prune();
     }
 
     /// Prunes the keyed limiters every [`PRUNE_EVERY`] until `stop`.
-    pub fn spawn_pruner(self: &std::sync::Arc<Self>, tasks: &TaskTracker, stop: CancellationToken) {
+    pub fn spawn_pruner(self: &Arc<Self>, tasks: &TaskTracker, stop: CancellationToken) {
         let limits = self.clone();
         tasks.spawn(async move {
             let mut every = tokio::time::interval(PRUNE_EVERY);
@@ -204,6 +271,23 @@ mod tests {
         assert!(one.check().is_ok() && one.check().is_ok());
         assert!(one.check().is_err());
         assert!(two.check().is_ok());
+    }
+
+    #[test]
+    fn an_address_refused_too_often_is_held_and_others_are_not() {
+        let refused = RefusedLogins::new(rate(2, 0.5));
+        let (mallory, alice): (IpAddr, IpAddr) =
+            ("192.0.2.66".parse().unwrap(), "192.0.2.1".parse().unwrap());
+        refused.refused(mallory);
+        refused.refused(mallory);
+        assert_eq!(refused.hold(mallory), None, "within its burst");
+        refused.refused(mallory);
+        let wait = refused.hold(mallory).expect("held over its burst");
+        assert!(
+            wait > Duration::from_millis(1500) && wait <= Duration::from_secs(2),
+            "{wait:?}"
+        );
+        assert_eq!(refused.hold(alice), None);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub acknowledged: Counter,
     pub cancelled: Counter,
     pub auth_refused: Counter,
+    /// Requests held back because their address was refused too often.
+    pub held_for_refused_logins: Counter,
     pub connected_sockets: Gauge,
     pub messages_sent: Counter,
     post_commit_failures: Family<Labels, Counter>,
@@ -38,6 +40,12 @@ impl Default for Metrics {
         let acknowledged = Counter::default();
         let cancelled = Counter::default();
         let auth_refused = Counter::default();
+        let held_for_refused_logins = Counter::default();
+        registry.register(
+            "requests_held",
+            "Requests held back because their client address was refused a login more often than limits.refused_logins_* allow",
+            held_for_refused_logins.clone(),
+        );
         let connected_sockets = Gauge::default();
         let messages_sent = Counter::default();
         let post_commit_failures = Family::<Labels, Counter>::default();
@@ -112,6 +120,7 @@ impl Default for Metrics {
             acknowledged,
             cancelled,
             auth_refused,
+            held_for_refused_logins,
             connected_sockets,
             messages_sent,
             post_commit_failures,

@@ -86,6 +86,9 @@ impl<R: Roles> FromRequestParts<AppState> for Authorized<R> {
             },
             Err(refusal) => {
                 state.metrics.auth_refused.inc();
+                if let Some(client) = client {
+                    state.limits.refused_logins.refused(client);
+                }
                 state.refusals.record(&Refusal {
                     source: client,
                     channel: "http",

@@ -35,6 +35,7 @@ use tower_http::add_extension::AddExtension;
 use super::error::ApiError;
 use crate::client_addr::{AddressSlots, SessionPlaces, Slot, TrustedProxies};
 use crate::config::ServerConfig;
+use crate::limits::RefusedLogins;
 use crate::metrics::Metrics;
 
 /// The caps, the trusted proxies and what each address holds; cheap to
@@ -52,11 +53,17 @@ pub struct Limits {
     unauthenticated: AddressSlots,
     /// API requests in flight from clients behind a trusted proxy.
     requests: AddressSlots,
+    /// Addresses held back for presenting bad tokens too often.
+    refused_logins: Arc<RefusedLogins>,
     metrics: Arc<Metrics>,
 }
 
 impl Limits {
-    pub fn from_config(server: &ServerConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn from_config(
+        server: &ServerConfig,
+        refused_logins: Arc<RefusedLogins>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             proxies: Arc::new(TrustedProxies::new(
                 server.trusted_proxies.clone(),
@@ -68,6 +75,7 @@ impl Limits {
             sessions: AddressSlots::default(),
             unauthenticated: AddressSlots::default(),
             requests: AddressSlots::default(),
+            refused_logins,
             metrics,
         }
     }
@@ -246,7 +254,16 @@ pub async fn admit(State(limits): State<Limits>, mut request: Request, next: Nex
         return response;
     }
     let path = request.uri().path();
-    if path == SOCKET_IO_PATH || path.starts_with("/socket.io/") {
+    let socket_io = path == SOCKET_IO_PATH || path.starts_with("/socket.io/");
+    // What may carry a token waits while its address is held; the requests
+    // of Engine.IO sessions already open do not.
+    if (!socket_io || is_handshake(&request))
+        && let Some(wait) = limits.refused_logins.hold(client.ip)
+    {
+        limits.metrics.held_for_refused_logins.inc();
+        tokio::time::sleep(wait).await;
+    }
+    if socket_io {
         if is_handshake(&request) {
             match limits.session_places(client.ip) {
                 Ok(places) => {

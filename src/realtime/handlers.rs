@@ -90,6 +90,9 @@ async fn authenticate<A: Adapter>(
         }
         Err(refusal) => {
             state.metrics.auth_refused.inc();
+            if let Some(client) = client {
+                state.limits.refused_logins.refused(client);
+            }
             state.refusals.record(&crate::audit::refusals::Refusal {
                 source: client,
                 channel: "socket.io",

@@ -15,6 +15,7 @@ crate::both_databases!(
     an_audit_export_flood_is_refused,
     replay_is_bounded_announced_and_summarised,
     reconnects_of_one_user_are_rate_limited,
+    an_address_refused_too_often_is_held_not_refused,
 );
 
 /// Limits small enough to cross with a few requests, refilled slowly (one
@@ -388,4 +389,78 @@ async fn reconnects_of_one_user_are_rate_limited(db: Db) {
         metric(&daemon, "readback_rate_limited_total{limit=\"connects\"}").await,
         Some(1.0)
     );
+}
+
+/// `limits.refused_logins_*`: an address that keeps presenting bad tokens
+/// has its next requests and Socket.IO handshakes held back (a timer, no
+/// token parsed) until its budget refills; a held request with a good
+/// token is then served, not refused; other addresses are not held.
+async fn an_address_refused_too_often_is_held_not_refused(db: Db) {
+    let env = TestEnv::with_config(
+        db,
+        "[limits]\nrefused_logins_burst = 3\nrefused_logins_per_second = 0.5\n",
+    )
+    .await;
+    let daemon = env.start().await;
+    let mallory: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let from_mallory = Http::from_address(mallory);
+    let from_alice = Http::from_address("127.0.0.3".parse().unwrap());
+    let forged = format!("{}x", service_token());
+    let held = "readback_requests_held_total";
+    for _ in 0..4 {
+        let refused = from_mallory
+            .get(&daemon.api("/notifications/x"), &forged)
+            .await;
+        assert_eq!(refused.status, 401, "{}", refused.body);
+    }
+    assert_eq!(
+        metric(&daemon, held).await,
+        Some(0.0),
+        "within the burst nothing waits"
+    );
+
+    // Over the burst: the next request waits for the refill (2 s), then is
+    // served as any other — a good token from that address still works.
+    let started = std::time::Instant::now();
+    let raised = from_mallory
+        .post(
+            &daemon.api("/notifications"),
+            &service_token(),
+            &json!({ "recipient": { "userId": "alice" }, "severity": "critical", "title": "after the hold" }),
+        )
+        .await;
+    assert_eq!(raised.status, 201, "{}", raised.body);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "the held address was served after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(metric(&daemon, held).await, Some(1.0));
+
+    // Another address is not held.
+    let other = from_alice
+        .get(&daemon.api("/notifications/x"), &forged)
+        .await;
+    assert_eq!(other.status, 401, "{}", other.body);
+    assert_eq!(metric(&daemon, held).await, Some(1.0));
+
+    // Refused again (the first spends what refilled during the wait): a
+    // Socket.IO handshake from it waits as well.
+    for _ in 0..2 {
+        let refused = from_mallory
+            .get(&daemon.api("/notifications/x"), &forged)
+            .await;
+        assert_eq!(refused.status, 401, "{}", refused.body);
+    }
+    let started = std::time::Instant::now();
+    RawSocket::open_from(&daemon, mallory, &[])
+        .await
+        .expect("a held handshake is served after the hold");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "the held handshake was served after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(metric(&daemon, held).await, Some(2.0));
+    assert_eq!(env.audit_count("notification.raised").await, 1);
 }
