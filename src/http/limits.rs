@@ -270,6 +270,9 @@ pub async fn admit(State(limits): State<Limits>, mut request: Request, next: Nex
                     request.extensions_mut().insert(Arc::new(places));
                 }
                 Err(refused) => {
+                    // A login attempt refused as much as a bad token is:
+                    // an address looping over its cap is held too.
+                    limits.refused_logins.refused(client.ip);
                     tracing::info!(client = %client.ip, "Engine.IO handshake over the cap; refused");
                     return refused.into_response();
                 }

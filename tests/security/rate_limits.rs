@@ -16,6 +16,7 @@ crate::both_databases!(
     replay_is_bounded_announced_and_summarised,
     reconnects_of_one_user_are_rate_limited,
     an_address_refused_too_often_is_held_not_refused,
+    handshakes_refused_over_a_cap_count_as_refused_logins,
 );
 
 /// Limits small enough to cross with a few requests, refilled slowly (one
@@ -463,4 +464,42 @@ async fn an_address_refused_too_often_is_held_not_refused(db: Db) {
     );
     assert_eq!(metric(&daemon, held).await, Some(2.0));
     assert_eq!(env.audit_count("notification.raised").await, 1);
+}
+
+/// A Socket.IO handshake refused over the per-address cap of sessions
+/// waiting to authenticate is a refused login too: an address looping on
+/// it is held like one trying tokens.
+async fn handshakes_refused_over_a_cap_count_as_refused_logins(db: Db) {
+    let env = TestEnv::with_config(
+        db,
+        "[limits]\nrefused_logins_burst = 2\nrefused_logins_per_second = 0.5\n",
+    )
+    .await;
+    let daemon = env
+        .start_with_env(&[("READBACK_SERVER__MAX_PENDING_SESSIONS_PER_IP", "1")])
+        .await;
+    let looping: std::net::IpAddr = "127.0.0.4".parse().unwrap();
+    let _waiting = RawSocket::open_from(&daemon, looping, &[])
+        .await
+        .expect("the first session waiting to authenticate");
+    for _ in 0..3 {
+        RawSocket::open_from(&daemon, looping, &[])
+            .await
+            .err()
+            .expect("over the cap of sessions waiting to authenticate");
+    }
+    let started = std::time::Instant::now();
+    RawSocket::open_from(&daemon, looping, &[])
+        .await
+        .err()
+        .expect("still over the cap after the hold");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "the looping address was answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        metric(&daemon, "readback_requests_held_total").await,
+        Some(1.0)
+    );
 }
