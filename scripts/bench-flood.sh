@@ -22,6 +22,20 @@ if [ "$last" -ge 1 ]; then
 else
   ours=""; theirs=""
 fi
+# PostgreSQL serves the daemon: it runs beside it, not beside the attacker.
+# New backends are forked by the postmaster and inherit its cores.
+pg_cores() {
+  local data postmaster
+  data=$(psql -Atq "$READBACK_TEST_POSTGRES_URL" -c "SHOW data_directory")
+  postmaster=$(head -1 "$data/postmaster.pid")
+  for p in "$postmaster" $(pgrep -P "$postmaster"); do taskset -a -c -p "$1" "$p" >/dev/null; done
+}
+if [ "$last" -ge 1 ]; then
+  pg_cores "0-$(( last - 1 ))"
+  # After whatever pg_start set to run at exit (stopping its server).
+  at_exit=$(trap -p EXIT | sed -e "s/^trap -- '//" -e "s/' EXIT\$//")
+  trap 'pg_cores "0-$last"; eval "$at_exit"' EXIT
+fi
 concurrency=${FLOOD_CONCURRENCY:-32}
 seconds=${FLOOD_SECONDS:-20}
 repeat=${FLOOD_REPEAT:-3}
@@ -175,7 +189,7 @@ Each phase runs on its own daemon and a fresh database, $repeat times, interleav
 medians with the range of the runs in brackets; the flood's rates and audit rows are
 the mean per run. The range of the quiet runs is this machine's run-to-run noise.
 The attacker's process is pinned to the last core ($([ "$last" -ge 1 ] && echo "core $last" || echo "not pinned: one core")) and the
-daemon and the measuring clients to the others, so the slow-down measured is the
+daemon and the measuring clients to the others, and so is PostgreSQL, so the slow-down measured is the
 daemon's own cost of refusing the flood, not CPU taken by the attacker's process.
 
 | database | flood | refused per s (HTTP 401 + Socket.IO + capped 429) | held per s | 201 p50 (ms) | 201 p99 (ms) | receipt p99 (ms) | flood requests accepted | audit rows written by the flood |

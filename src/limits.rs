@@ -128,6 +128,7 @@ impl RefusedLogins {
     /// Counts one refused login from `source`; over its budget, `source`
     /// is held until the budget allows another.
     pub fn refused(&self, source: IpAddr) {
+        let source = network_of(source);
         if let Err(RetryAfter(wait)) = self.budget.check(&source) {
             let now = Instant::now();
             let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
@@ -142,7 +143,7 @@ impl RefusedLogins {
     /// `source` is held.
     pub fn hold(&self, source: IpAddr) -> Option<Duration> {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let until = *held.get(&source)?;
+        let until = *held.get(&network_of(source))?;
         until
             .checked_duration_since(Instant::now())
             .map(|wait| wait.min(LONGEST_HOLD))
@@ -154,6 +155,16 @@ impl RefusedLogins {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         held.retain(|_, until| *until > now);
         held.shrink_to_fit();
+    }
+}
+
+/// The key of an address's budget: an IPv4 address itself, an IPv6
+/// address's /64 — one site's subnet, whose 2⁶⁴ addresses an attacker
+/// could otherwise take one fresh budget each from.
+fn network_of(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
     }
 }
 
@@ -288,6 +299,16 @@ mod tests {
             "{wait:?}"
         );
         assert_eq!(refused.hold(alice), None);
+    }
+
+    #[test]
+    fn an_ipv6_subnet_shares_one_budget() {
+        let refused = RefusedLogins::new(rate(2, 0.5));
+        for host in ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"] {
+            refused.refused(host.parse().unwrap());
+        }
+        assert!(refused.hold("2001:db8:1:2::9".parse().unwrap()).is_some());
+        assert_eq!(refused.hold("2001:db8:1:3::1".parse().unwrap()), None);
     }
 
     #[test]
