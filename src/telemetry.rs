@@ -62,10 +62,10 @@ fn no_session_handles(meta: &Metadata<'_>) -> bool {
 fn stderr_is_journal() -> bool {
     use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
-    let Some((device, inode)) = std::env::var("JOURNAL_STREAM")
-        .ok()
-        .and_then(|v| v.split_once(':').map(|(d, i)| (d.parse::<u64>(), i.parse::<u64>())))
-    else {
+    let Some((device, inode)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
+        v.split_once(':')
+            .map(|(d, i)| (d.parse::<u64>(), i.parse::<u64>()))
+    }) else {
         return false;
     };
     let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() else {

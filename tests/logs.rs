@@ -70,7 +70,11 @@ fn parse(mut data: &[u8]) -> Entry {
         } else {
             let length = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
             let value = &rest[8..8 + length];
-            assert_eq!(rest[8 + length], b'\n', "{name}: no newline after the value");
+            assert_eq!(
+                rest[8 + length],
+                b'\n',
+                "{name}: no newline after the value"
+            );
             fields.push((name, value.to_vec()));
             data = &rest[8 + length + 1..];
         }
@@ -153,11 +157,21 @@ async fn under_systemd_the_journal_gets_priorities_and_id_fields(db: Db) {
     let config = env.write_config();
     let mut command = Command::new("unshare");
     command
-        .args(["--mount", "--propagation", "private", "sh", "-c", IN_OWN_RUN])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            IN_OWN_RUN,
+        ])
         .arg(env!("CARGO_BIN_EXE_readbackd"))
         .arg(&run)
         .arg(&config)
-        .env("JOURNAL_STREAM", format!("{}:{}", stream.dev(), stream.ino()))
+        .env(
+            "JOURNAL_STREAM",
+            format!("{}:{}", stream.dev(), stream.ino()),
+        )
         .stderr(stderr);
     let daemon = Daemon::spawn(command, &config).await;
 
@@ -179,7 +193,11 @@ async fn under_systemd_the_journal_gets_priorities_and_id_fields(db: Db) {
     let entry = journal
         .wait_for("raised", |e| e.message() == "raised")
         .await;
-    assert_eq!(entry.get("NOTIFICATION_ID").as_deref(), Some(&*id), "{entry:?}");
+    assert_eq!(
+        entry.get("NOTIFICATION_ID").as_deref(),
+        Some(&*id),
+        "{entry:?}"
+    );
     assert_eq!(entry.priority(), Some(6), "{entry:?}");
     assert_eq!(entry.get("SYSLOG_IDENTIFIER").as_deref(), Some("readbackd"));
     assert_eq!(entry.get("SEVERITY").as_deref(), Some("critical"));
@@ -188,7 +206,11 @@ async fn under_systemd_the_journal_gets_priorities_and_id_fields(db: Db) {
     let entry = journal
         .wait_for("acknowledged", |e| e.message() == "acknowledged")
         .await;
-    assert_eq!(entry.get("NOTIFICATION_ID").as_deref(), Some(&*id), "{entry:?}");
+    assert_eq!(
+        entry.get("NOTIFICATION_ID").as_deref(),
+        Some(&*id),
+        "{entry:?}"
+    );
     assert_eq!(entry.get("USER_ID").as_deref(), Some("alice"), "{entry:?}");
     let entry = journal
         .wait_for("connected", |e| e.message() == "connected")
@@ -198,7 +220,11 @@ async fn under_systemd_the_journal_gets_priorities_and_id_fields(db: Db) {
     let entry = journal
         .wait_for("session warned", |e| e.message() == "session warned")
         .await;
-    assert_eq!(entry.get("SESSION_ID").as_deref(), Some("s-journal"), "{entry:?}");
+    assert_eq!(
+        entry.get("SESSION_ID").as_deref(),
+        Some("s-journal"),
+        "{entry:?}"
+    );
     // readback=debug: the scheduler's passes, at "debug" (7).
     journal
         .wait_for("a debug entry", |e| {
@@ -238,6 +264,7 @@ async fn under_systemd_the_journal_gets_priorities_and_id_fields(db: Db) {
         after.iter().all(|e| e.priority() != Some(7)),
         "debug entries after SIGHUP set `info`: {after:?}"
     );
+    clients.close("viewer").await;
     assert!(daemon.terminate().await.success());
 
     // Every field under its own name (no `F_` prefix), and no colour code
