@@ -17,6 +17,7 @@ use tokio::process::Command;
 both_databases!(
     under_systemd_the_journal_gets_priorities_and_id_fields,
     text_logs_off_a_terminal_have_no_colour_codes,
+    a_journal_out_of_reach_falls_back_to_text_unless_asked_for,
 );
 
 /// One journal entry: its fields in the order sent.
@@ -313,4 +314,59 @@ async fn text_logs_off_a_terminal_have_no_colour_codes(db: Db) {
         "colour codes in a log that is not a terminal:\n{}",
         text.escape_debug()
     );
+}
+
+async fn a_journal_out_of_reach_falls_back_to_text_unless_asked_for(db: Db) {
+    let mut env = TestEnv::new(db).await;
+    // A /run/systemd/journal without a socket in it.
+    let run = env.dir.path().join("run");
+    std::fs::create_dir_all(run.join("systemd/journal")).unwrap();
+    let config = env.write_config();
+    let in_own_run = |stderr: std::fs::File, config: &Path| {
+        let stream = stderr.metadata().unwrap();
+        let mut command = Command::new("unshare");
+        command
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                IN_OWN_RUN,
+            ])
+            .arg(env!("CARGO_BIN_EXE_readbackd"))
+            .arg(&run)
+            .arg(config)
+            .env(
+                "JOURNAL_STREAM",
+                format!("{}:{}", stream.dev(), stream.ino()),
+            )
+            .stderr(stderr);
+        command
+    };
+
+    // `auto`: text on stderr, which systemd keeps anyway, and a warning.
+    let stderr_path = env.dir.path().join("stderr");
+    let command = in_own_run(std::fs::File::create(&stderr_path).unwrap(), &config);
+    let daemon = Daemon::spawn(command, &config).await;
+    assert!(daemon.terminate().await.success());
+    let text = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(
+        text.contains("its socket cannot be reached") && text.contains("listening"),
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'), "{}", text.escape_debug());
+
+    // `journald` by name: the daemon does not start.
+    env.logging = "format = \"journald\"\n".into();
+    let config = env.write_config();
+    let stderr_path = env.dir.path().join("stderr-journald");
+    let mut command = in_own_run(std::fs::File::create(&stderr_path).unwrap(), &config);
+    let status = tokio::time::timeout(WAIT, command.status())
+        .await
+        .expect("readbackd exits")
+        .unwrap();
+    let text = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("logging.format = \"journald\""), "{text}");
 }
