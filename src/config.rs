@@ -944,13 +944,21 @@ pub struct EscalationLevelConfig {
     pub to: Vec<String>,
 }
 
-/// How log lines are written.
+/// Where and how log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// Human-readable.
+    /// `journald` when systemd connected stderr to the journal
+    /// (`JOURNAL_STREAM`), else `text`.
     #[default]
-    Pretty,
+    Auto,
+    /// The journal's native protocol: levels as priorities, fields as
+    /// journal fields.
+    Journald,
+    /// Human-readable lines on stderr; coloured only on a terminal.
+    #[serde(alias = "pretty")]
+    Text,
+    /// One JSON object a line on stderr.
     Json,
 }
 
@@ -978,7 +986,7 @@ pub enum JwtAlgorithm {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingConfig {
-    /// `pretty` (human-readable) or `json`.
+    /// `auto`, `journald`, `text` (or `pretty`) or `json`.
     #[serde(default)]
     pub format: LogFormat,
     /// A tracing filter, e.g. `info` or `readback=debug,info`; `RUST_LOG` wins.

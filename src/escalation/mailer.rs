@@ -233,7 +233,7 @@ async fn settle(
             Attempt::Sent => {
                 // Until the commit below, a crash means this email is sent
                 // again (same Message-ID); this line is how that shows.
-                tracing::debug!(notification = %email.notification_id, level = email.level, message_id = %email.message_id, "escalation email accepted by the SMTP server; recording it");
+                tracing::debug!(notification_id = %email.notification_id, level = email.level, email_message_id = %email.message_id, "escalation email accepted by the SMTP server; recording it");
                 ("sent", None, Timestamp::now())
             }
             Attempt::Permanent(error) => ("failed", Some(error), Timestamp::now()),
@@ -283,13 +283,13 @@ async fn settle(
     tx.commit().await?;
     match outcome {
         "sent" => {
-            tracing::info!(notification = %email.notification_id, level = email.level, "escalation email sent");
+            tracing::info!(notification_id = %email.notification_id, level = email.level, "escalation email sent");
         }
         "pending" => {
-            tracing::warn!(notification = %email.notification_id, attempt = email.attempts, error = ?error, "escalation email failed; will retry");
+            tracing::warn!(notification_id = %email.notification_id, attempt = email.attempts, error = ?error, "escalation email failed; will retry");
         }
         "failed" => {
-            tracing::error!(notification = %email.notification_id, error = ?error, "escalation email given up");
+            tracing::error!(notification_id = %email.notification_id, error = ?error, "escalation email given up");
         }
         _ => {}
     }

@@ -112,7 +112,7 @@ pub async fn scan(escalations: &Escalations) -> Result<usize, Error> {
         }
         fired += 1;
         escalated.push(notification.id.clone());
-        tracing::info!(notification = %notification.id, level = step.level, emails = addresses.len(), "escalated");
+        tracing::info!(notification_id = %notification.id, level = step.level, emails = addresses.len(), "escalated");
     }
     audit::append_all(&mut tx, events).await?;
     tx.commit().await.map_err(StoreError::from)?;
@@ -161,7 +161,7 @@ pub async fn start_early_if_offline(
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
-    tracing::info!(notification = %notification.id, "recipient offline; escalating now");
+    tracing::info!(notification_id = %notification.id, "recipient offline; escalating now");
     Ok(true)
 }
 
@@ -217,7 +217,7 @@ pub async fn remember(escalations: &Escalations, identity: &Identity) {
     let email = identity.email.as_deref().filter(|email| {
         let plain = email.len() <= 254 && email.parse::<lettre::Address>().is_ok();
         if !plain {
-            tracing::warn!(user = %identity.user_id, "the token's email claim is not one address; not remembered");
+            tracing::warn!(user_id = %identity.user_id, "the token's email claim is not one address; not remembered");
         }
         plain
     });
@@ -240,6 +240,6 @@ pub async fn remember(escalations: &Escalations, identity: &Identity) {
     }
     .await;
     if let Err(e) = result {
-        tracing::warn!(user = %identity.user_id, error = %e, "could not update the user directory");
+        tracing::warn!(user_id = %identity.user_id, error = %e, "could not update the user directory");
     }
 }

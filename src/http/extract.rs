@@ -155,7 +155,7 @@ pub fn within_limit(state: &AppState, budget: Budget, caller: &Identity) -> Resu
         state.metrics.rate_limited(limit);
         // Not logged above debug: a flood would flood the log too; the
         // metric is what operators watch.
-        tracing::debug!(caller = %caller.user_id, limit, ?retry_after, "rate limited");
+        tracing::debug!(user_id = %caller.user_id, limit, ?retry_after, "rate limited");
         ApiError::RateLimited(retry_after)
     })
 }

@@ -29,7 +29,7 @@ pub async fn send(
         None => state.hub.emit_all(&message.event, message.payload).await,
     }
     state.metrics.messages_sent.inc();
-    tracing::info!(event = %message.event, to = ?message.to, by = %caller.user_id, "message sent");
+    tracing::info!(event = %message.event, to = ?message.to, user_id = %caller.user_id, "message sent");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "ok": true, "event": message.event, "timestamp": now })),

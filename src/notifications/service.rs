@@ -109,7 +109,7 @@ pub async fn raise(
     };
     // Committed: from here on the answer is 201 (the failure policy above).
     notifications.metrics.raised(notification.severity.as_str());
-    tracing::info!(notification = %notification.id, severity = %notification.severity, "raised");
+    tracing::info!(notification_id = %notification.id, severity = %notification.severity, "raised");
 
     // 4. Emit to the recipient's sockets and record each delivery.
     let (deliveries, sockets_reached) = deliver(notifications, &notification, &[], false).await;
@@ -245,7 +245,7 @@ fn post_commit_failed(
     error: &Error,
 ) {
     notifications.metrics.post_commit_failed(step);
-    tracing::error!(notification, step, error = %error, "a step after the commit failed; the committed change stands");
+    tracing::error!(notification_id = notification, step, error = %error, "a step after the commit failed; the committed change stands");
 }
 
 /// Keeps trying to record deliveries that were made but could not be
@@ -581,7 +581,7 @@ pub async fn acknowledge(
         .await?;
         tx.commit().await.map_err(StoreError::from)?;
         notifications.metrics.acknowledged.inc();
-        tracing::info!(notification = %id, user = %caller.user_id, "acknowledged");
+        tracing::info!(notification_id = %id, user_id = %caller.user_id, "acknowledged");
         let answer = Acknowledged {
             notification_id: id.to_string(),
             acknowledged_at: now,

@@ -154,7 +154,7 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
     // refused before any of that work (the database included).
     if state.limits.connects.check(&identity.user_id).is_err() {
         state.metrics.rate_limited("connects");
-        tracing::debug!(user = %identity.user_id, "connecting too often; refused");
+        tracing::debug!(user_id = %identity.user_id, "connecting too often; refused");
         return Err(Refused::TooManyAttempts);
     }
     // A revoked user's tokens issued before the revocation stay out. If the
@@ -173,12 +173,12 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
                 .token_issued_at
                 .is_none_or(|iat| iat < revoked_at) =>
         {
-            tracing::info!(user = %identity.user_id, "token issued before a revocation; refused");
+            tracing::info!(user_id = %identity.user_id, "token issued before a revocation; refused");
             return Err(Refused::Revoked);
         }
         Ok(_) => {}
         Err(e) => {
-            tracing::error!(connection = %connection.id, error = %e, "cannot check revocations; letting a valid token in");
+            tracing::error!(connection_id = %connection.id, error = %e, "cannot check revocations; letting a valid token in");
         }
     }
     crate::escalation::service::remember(&state.escalations, identity).await;
@@ -196,7 +196,7 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
         Err(e) => {
             // Fail closed: a session that cannot be checked may have been
             // terminated; the client retries (socket.io-client reconnects).
-            tracing::error!(connection = %connection.id, error = %e, "cannot check the token's session; connection refused");
+            tracing::error!(connection_id = %connection.id, error = %e, "cannot check the token's session; connection refused");
             return Err(Refused::Unavailable);
         }
     };
@@ -214,7 +214,7 @@ async fn admit<A: Adapter>(socket: SocketRef<A>, state: AppState) -> Result<(), 
         // across daemons would cost a cluster round trip per connect).
         let held = state.hub.local_count_in(user_room(&identity.user_id));
         if held >= state.config.realtime.max_sockets_per_user {
-            tracing::warn!(user = %identity.user_id, held, "too many connections; refused");
+            tracing::warn!(user_id = %identity.user_id, held, "too many connections; refused");
             return Err(Refused::TooManyConnections);
         }
     }
@@ -291,7 +291,7 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: AppState) {
         }
     }
     let identity = &connection.identity;
-    tracing::info!(connection = %connection.id, user = %identity.user_id, "connected");
+    tracing::info!(connection_id = %connection.id, user_id = %identity.user_id, "connected");
     if state.config.realtime.presence_events {
         announce_presence(&state, &connection, true).await;
     }
@@ -353,7 +353,7 @@ fn watch_token_expiry<A: Adapter>(
                 () = until(disconnect_at) => {}
             }
             if connection.token_expires_at() == expires_at {
-                tracing::info!(connection = %connection.id, user = %connection.identity.user_id, "token expired; disconnecting");
+                tracing::info!(connection_id = %connection.id, user_id = %connection.identity.user_id, "token expired; disconnecting");
                 let _ = socket.disconnect();
                 return;
             }
@@ -397,7 +397,7 @@ async fn replace_older_connections(state: &AppState, connection: &Connection) {
     if replaced == 0 {
         return;
     }
-    tracing::info!(connection = %connection.id, user = %identity.user_id, replaced, "older connections replaced");
+    tracing::info!(connection_id = %connection.id, user_id = %identity.user_id, replaced, "older connections replaced");
     let event = AuditEvent::new(Action::ConnectionReplaced, now)
         .by(identity)
         .user(identity.user_id.clone())
@@ -471,7 +471,7 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, connection:
                 if !socket.connected() {
                     return;
                 }
-                tracing::warn!(connection = %connection.id, error = %e, ?retry_in, "replay failed; retrying");
+                tracing::warn!(connection_id = %connection.id, error = %e, ?retry_in, "replay failed; retrying");
                 tokio::time::sleep(retry_in).await;
                 retry_in = (retry_in * 2).min(std::time::Duration::from_secs(5));
             }
@@ -499,14 +499,14 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, connection:
             Queued::Yes => reached.push(notification),
             // Disconnected meanwhile: the rest is replayed on the next connect.
             Queued::Gone(error) => {
-                tracing::debug!(connection = %connection.id, error, "socket gone during the replay");
+                tracing::debug!(connection_id = %connection.id, error, "socket gone during the replay");
                 complete = false;
                 break;
             }
             Queued::Stalled => {
                 // Not reading for too long: dropped, so a real client
                 // reconnects and gets the rest then.
-                tracing::warn!(connection = %connection.id, "replay stalled on a full send buffer; disconnecting");
+                tracing::warn!(connection_id = %connection.id, "replay stalled on a full send buffer; disconnecting");
                 let _ = socket.clone().disconnect();
                 stalled_on = Some(notification);
                 complete = false;
@@ -526,7 +526,7 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, connection:
     let (deliveries, events) =
         service::replay_records(&sent, &reached, stalled_on, backlog.remaining);
     if let Err(e) = service::record(&state.notifications, deliveries, events, true).await {
-        tracing::error!(connection = %connection.id, error = %e, "could not record replayed deliveries");
+        tracing::error!(connection_id = %connection.id, error = %e, "could not record replayed deliveries");
     }
 }
 
@@ -616,7 +616,7 @@ fn within_limit<A: Adapter>(
         Ok(()) => Some(reply),
         Err(retry_after) => {
             state.metrics.rate_limited("client_events");
-            tracing::debug!(connection = %connection.id, event, ?retry_after, "client event rate limited");
+            tracing::debug!(connection_id = %connection.id, event, ?retry_after, "client event rate limited");
             reply.rate_limited(event, retry_after);
             None
         }
@@ -699,7 +699,7 @@ fn register_events<A: Adapter>(socket: &SocketRef<A>, state: &AppState) {
                 return;
             };
             connection.gone.cancel();
-            tracing::info!(connection = %connection.id, %reason, "disconnected");
+            tracing::info!(connection_id = %connection.id, %reason, "disconnected");
             if state.config.realtime.presence_events {
                 announce_presence(&state, &connection, false).await;
             }

@@ -42,14 +42,14 @@ impl Outcome {
         match self {
             Outcome::Queued => delivered.reached.push(sent),
             Outcome::Full => {
-                tracing::warn!(event, connection = %sent.connection_id, "send buffer full; socket disconnected");
+                tracing::warn!(event, connection_id = %sent.connection_id, "send buffer full; socket disconnected");
                 delivered.missed.push((sent, SEND_BUFFER_FULL));
             }
             Outcome::Gone(error) => {
-                tracing::debug!(event, connection = %sent.connection_id, error, "socket gone before the emit");
+                tracing::debug!(event, connection_id = %sent.connection_id, error, "socket gone before the emit");
             }
             Outcome::Failed(error) => {
-                tracing::warn!(event, connection = %sent.connection_id, error, "emit failed");
+                tracing::warn!(event, connection_id = %sent.connection_id, error, "emit failed");
                 delivered.missed.push((sent, "emit_failed"));
             }
         }
@@ -169,7 +169,7 @@ impl<A: Adapter> HubOps for SocketIo<A> {
                     Ok(()) => Outcome::Queued,
                     Err(RemoteActionError::Socket(SocketError::InternalChannelFull)) => {
                         if let Err(e) = socket.disconnect().await {
-                            tracing::warn!(connection = %sent.connection_id, error = %e, "could not disconnect a full socket");
+                            tracing::warn!(connection_id = %sent.connection_id, error = %e, "could not disconnect a full socket");
                         }
                         Outcome::Full
                     }

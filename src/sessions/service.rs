@@ -156,7 +156,7 @@ pub async fn touch(sessions: &Sessions, clock: &SessionClock) -> Timestamp {
         if let Err(e) = written {
             // Let the next event try again.
             clock.last_written.store(last, Ordering::Relaxed);
-            tracing::warn!(session = %clock.session_id, error = %e, "could not record activity");
+            tracing::warn!(session_id = %clock.session_id, error = %e, "could not record activity");
         }
     }
     clock.expires_after_activity(now)
@@ -393,11 +393,11 @@ pub async fn scan(sessions: &Sessions) -> Result<(usize, usize), Error> {
 
     for session in &expired {
         let reason = session.reason.as_deref().unwrap_or("idle");
-        tracing::info!(session = %session.id, reason, "session expired");
+        tracing::info!(session_id = %session.id, reason, "session expired");
         end_sockets(sessions, &session.id, reason, now).await;
     }
     for session in &warned {
-        tracing::info!(session = %session.id, "session warned");
+        tracing::info!(session_id = %session.id, "session warned");
         sessions
             .hub
             .send(

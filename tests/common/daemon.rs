@@ -25,13 +25,22 @@ impl Daemon {
 
     /// Starts with extra environment variables (e.g. `NOTIFY_SOCKET`).
     pub async fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_readbackd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_readbackd"));
+        command
             .arg("serve")
             .arg("--config")
             .arg(config)
             .envs(env.iter().copied())
+            .stderr(Stdio::inherit());
+        Self::spawn(command, config).await
+    }
+
+    /// Starts `command`, a `readbackd serve` on `config` set up by the
+    /// caller (its stderr redirected, or run by a wrapper that `exec`s it
+    /// so that signals still reach the daemon).
+    pub async fn spawn(mut command: Command, config: &Path) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn readbackd");
