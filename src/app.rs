@@ -150,6 +150,7 @@ impl Application {
                 store: store.clone(),
                 hub: hub.clone(),
                 outbox_wake: outbox_wake.clone(),
+                metrics: metrics.clone(),
             };
             AppState {
                 config: config.clone(),
@@ -301,6 +302,7 @@ impl Application {
                 sessions: state.sessions.clone(),
                 escalations: state.escalations.clone(),
                 heartbeat: self.scheduler_heartbeat.clone(),
+                metrics: state.metrics.clone(),
             },
             tick,
             shutdown.clone(),
@@ -311,6 +313,7 @@ impl Application {
                 config: state.config.clone(),
                 store: state.store.clone(),
                 wake: self.outbox_wake,
+                metrics: state.metrics.clone(),
             },
             self.mailer,
             shutdown.clone(),

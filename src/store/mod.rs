@@ -59,7 +59,18 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
+        let error = classify(error);
+        crate::metrics::database_error(match error {
+            StoreError::Unavailable(_) => "unavailable",
+            _ => "query",
+        });
+        error
+    }
+}
+
+/// Unavailable (callers answer 503) or not.
+fn classify(error: sqlx::Error) -> StoreError {
+    match error {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
@@ -79,7 +90,6 @@ impl From<sqlx::Error> for StoreError {
                 StoreError::Unavailable(error)
             }
             other => StoreError::Query(other),
-        }
     }
 }
 
