@@ -95,6 +95,10 @@ impl Application {
         store.migrate().await?;
         let verifier = Arc::new(Verifier::from_config(&config.auth).map_err(StartError::Auth)?);
         let metrics = Arc::new(Metrics::default());
+        metrics.escalation_levels(
+            config.escalation.levels.len(),
+            config.escalation.repeat_every.is_some(),
+        );
         let jwks = match verifier.jwks() {
             Some(keys) => Some(first_jwks_fetch(&config, keys, metrics.clone()).await?),
             None => None,

@@ -20,6 +20,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::severity::Severity;
+
 type Labels = Vec<(&'static str, &'static str)>;
 /// For label values only known at run time (still from a bounded set).
 type OwnedLabels = Vec<(&'static str, String)>;
@@ -343,17 +345,49 @@ impl Default for Metrics {
             "Requests, client events and connections refused by a rate limit, by limit",
             m.rate_limited.clone(),
         );
-        // Series that alerts take `increase` of exist from the start, so
-        // that their first increment is seen as one.
+        // Every series of a known label set exists from the start, at 0:
+        // an alert's `increase` sees its first increment, and a dashboard
+        // shows 0 rather than no data.
+        for severity in Severity::ALL {
+            let labels = vec![("severity", severity.as_str())];
+            let _ = metrics.raised.get_or_create(&labels);
+            let _ = metrics.time_to_acknowledge.get_or_create(&labels);
+        }
+        for replayed in ["false", "true"] {
+            let _ = metrics
+                .delivered
+                .get_or_create(&vec![("replayed", replayed)]);
+        }
         for outcome in ["sent", "retry", "failed", "skipped"] {
-            metrics
+            let _ = metrics
                 .outbox_attempts
                 .get_or_create(&vec![("channel", "email"), ("outcome", outcome)]);
         }
-        for kind in ["unavailable", "query"] {
-            DATABASE_ERRORS.get_or_create(&vec![("kind", kind)]);
+        for step in ["record_deliveries", "escalate_early"] {
+            let _ = metrics
+                .post_commit_failures
+                .get_or_create(&vec![("step", step)]);
         }
-        Self { registry, ..metrics }
+        for outcome in ["ok", "unreachable", "http_status", "too_large", "invalid"] {
+            let _ = metrics
+                .jwks_refreshes
+                .get_or_create(&vec![("outcome", outcome)]);
+        }
+        for cap in ["connections", "pending", "requests"] {
+            let _ = metrics
+                .connections_refused
+                .get_or_create(&vec![("cap", cap)]);
+        }
+        for limit in ["raises", "client_events", "audit_queries", "connects"] {
+            let _ = metrics.rate_limited.get_or_create(&vec![("limit", limit)]);
+        }
+        for kind in ["unavailable", "query"] {
+            let _ = DATABASE_ERRORS.get_or_create(&vec![("kind", kind)]);
+        }
+        Self {
+            registry,
+            ..metrics
+        }
     }
 }
 
@@ -398,6 +432,21 @@ impl Metrics {
         self.post_commit_failures
             .get_or_create(&vec![("step", step)])
             .inc();
+    }
+
+    /// The escalation levels configured (and whether the last repeats):
+    /// their series exist from the start.
+    pub fn escalation_levels(&self, levels: usize, repeats: bool) {
+        for level in 1..=levels {
+            let _ = self
+                .escalations
+                .get_or_create(&vec![("level", level.to_string())]);
+        }
+        if repeats {
+            let _ = self
+                .escalations
+                .get_or_create(&vec![("level", "repeat".to_string())]);
+        }
     }
 
     /// An escalation step fired: `level` 1, 2, … of the configured levels,
@@ -446,7 +495,9 @@ impl Metrics {
     /// One channel's outbox, as the database counts it.
     pub fn set_outbox(&self, channel: &'static str, counts: OutboxCounts) {
         let labels = vec![("channel", channel)];
-        self.outbox_pending.get_or_create(&labels).set(counts.pending);
+        self.outbox_pending
+            .get_or_create(&labels)
+            .set(counts.pending);
         self.outbox_oldest
             .get_or_create(&labels)
             .set(counts.oldest_age_ms.max(0) as f64 / 1000.0);
@@ -558,11 +609,14 @@ mod tests {
              readback_notifications_raised_total{severity=\"critical\"} 1\n"
         ), "{text}");
         assert!(text.contains("# TYPE readback_time_to_acknowledge_seconds histogram\n"));
-        assert!(text.contains(
-            "readback_time_to_acknowledge_seconds_bucket{le=\"15.0\",severity=\"critical\"} 1\n"
-        ) || text.contains(
-            "readback_time_to_acknowledge_seconds_bucket{severity=\"critical\",le=\"15.0\"} 1\n"
-        ), "{text}");
+        assert!(
+            text.contains(
+                "readback_time_to_acknowledge_seconds_bucket{le=\"15.0\",severity=\"critical\"} 1\n"
+            ) || text.contains(
+                "readback_time_to_acknowledge_seconds_bucket{severity=\"critical\",le=\"15.0\"} 1\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

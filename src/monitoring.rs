@@ -33,10 +33,14 @@ pub async fn refresh(store: &Store, metrics: &Metrics) {
         Ok(Ok((open, outbox))) => {
             metrics.database_reachable(true);
             for severity in Severity::ALL {
-                let counts = open
-                    .iter()
-                    .find(|(s, _)| *s == severity)
-                    .map_or(OpenCounts { open: 0, overdue: 0, oldest_age_ms: 0 }, |(_, c)| *c);
+                let counts = open.iter().find(|(s, _)| *s == severity).map_or(
+                    OpenCounts {
+                        open: 0,
+                        overdue: 0,
+                        oldest_age_ms: 0,
+                    },
+                    |(_, c)| *c,
+                );
                 metrics.set_open(severity.as_str(), counts);
             }
             metrics.set_outbox(EMAIL, outbox);

@@ -105,12 +105,10 @@ async fn scrape(daemon: &Daemon, accept: Option<&str>) -> (String, String) {
 
 /// The value of one series (`name{labels}` exactly as exposed), if present.
 fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
 }
 
 /// Waits until `series` has a value that `wanted` accepts; the last body.
@@ -188,7 +186,10 @@ async fn metrics_after_real_work_pass_promtool_in_both_formats(db: Db) {
     )
     .await;
     for (series, expected) in [
-        ("readback_notifications_raised_total{severity=\"critical\"}", 2.0),
+        (
+            "readback_notifications_raised_total{severity=\"critical\"}",
+            2.0,
+        ),
         ("readback_acknowledgements_total", 1.0),
         (
             "readback_time_to_acknowledge_seconds_count{severity=\"critical\"}",
@@ -218,12 +219,16 @@ async fn metrics_after_real_work_pass_promtool_in_both_formats(db: Db) {
         "readback_notifications_oldest_open_age_seconds{severity=\"critical\"}",
         |v| v > 0.0,
     );
-    assert_sample(&text, "readback_scheduler_pass_duration_seconds_count", |v| {
-        v >= 1.0
-    });
+    assert_sample(
+        &text,
+        "readback_scheduler_pass_duration_seconds_count",
+        |v| v >= 1.0,
+    );
     assert_sample(&text, "readback_scheduler_tick_lag_seconds_count", |v| {
         v >= 1.0
     });
+    // The daemon runs on this machine's clock.
+    #[allow(clippy::disallowed_methods)]
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -294,11 +299,9 @@ async fn open_overdue_and_outbox_figures_follow_the_database(db: Db) {
     });
 
     // Past the deadline: overdue, escalated, its email waiting.
-    let text = wait_sample(
-        &daemon,
-        "readback_outbox_pending{channel=\"email\"}",
-        |v| v == 1.0,
-    )
+    let text = wait_sample(&daemon, "readback_outbox_pending{channel=\"email\"}", |v| {
+        v == 1.0
+    })
     .await;
     assert_sample(
         &text,
@@ -404,7 +407,11 @@ async fn an_unavailable_database_shows_as_down_and_its_figures_are_withdrawn() {
         sample(&text, "readback_outbox_pending{channel=\"email\"}"),
         None
     );
-    let errors = sample(&text, "readback_database_errors_total{kind=\"unavailable\"}").unwrap()
+    let errors = sample(
+        &text,
+        "readback_database_errors_total{kind=\"unavailable\"}",
+    )
+    .unwrap()
         + sample(&text, "readback_database_errors_total{kind=\"query\"}").unwrap();
     assert!(errors >= 1.0, "{text}");
 
@@ -450,10 +457,15 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
 /// dashboard covers what the alerts watch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alerts_query_only_exported_metrics() {
-    let env = TestEnv::new(Db::Sqlite).await;
+    // With an escalation level, as every real configuration has.
+    let env = TestEnv::with_config(
+        Db::Sqlite,
+        "[[escalation.levels]]\nafter = \"0s\"\nto = [\"oncall@hospital.example\"]\n",
+    )
+    .await;
     let daemon = env.start().await;
     let (_, text) = scrape(&daemon, None).await;
-    let mut exported: BTreeSet<String> = JOB_METRICS.iter().map(|m| m.to_string()).collect();
+    let mut exported: BTreeSet<String> = JOB_METRICS.iter().map(ToString::to_string).collect();
     for line in text.lines() {
         if let Some((name, kind)) = line
             .strip_prefix("# TYPE ")
@@ -471,12 +483,18 @@ async fn dashboard_and_alerts_query_only_exported_metrics() {
     let dashboard: Value = serde_json::from_str(&read_doc("docs/grafana-dashboard.json"))
         .expect("docs/grafana-dashboard.json is JSON");
     assert!(
-        dashboard["panels"].as_array().is_some_and(|p| !p.is_empty()),
+        dashboard["panels"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
         "a dashboard with panels"
     );
     let mut queries = Vec::new();
     collect_queries(&dashboard, &mut queries);
-    let in_dashboard: BTreeSet<String> = queries.iter().flat_map(|q| metric_names(q)).collect();
+    let in_dashboard: BTreeSet<String> = queries
+        .iter()
+        .map(String::as_str)
+        .flat_map(metric_names)
+        .collect();
     let unknown: Vec<_> = in_dashboard.difference(&exported).collect();
     assert!(
         unknown.is_empty(),
@@ -519,7 +537,11 @@ fn collect_queries(value: &Value, out: &mut Vec<String>) {
                 }
             }
         }
-        Value::Array(items) => items.iter().for_each(|v| collect_queries(v, out)),
+        Value::Array(items) => {
+            for item in items {
+                collect_queries(item, out);
+            }
+        }
         _ => {}
     }
 }
