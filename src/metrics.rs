@@ -605,9 +605,12 @@ mod tests {
         assert!(!text.contains("# UNIT"), "{text}");
         assert!(text.contains(
             "# HELP readback_notifications_raised_total Notifications stored through the HTTP API, by severity.\n\
-             # TYPE readback_notifications_raised_total counter\n\
-             readback_notifications_raised_total{severity=\"critical\"} 1\n"
+             # TYPE readback_notifications_raised_total counter\n"
         ), "{text}");
+        assert!(
+            text.contains("\nreadback_notifications_raised_total{severity=\"critical\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE readback_time_to_acknowledge_seconds histogram\n"));
         assert!(
             text.contains(

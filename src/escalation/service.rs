@@ -125,7 +125,8 @@ pub async fn scan(escalations: &Escalations) -> Result<usize, Error> {
     }
     let configured = escalations.config.escalation.levels.len();
     for level in levels {
-        // Levels past the configured ones are repetitions of the last.
+        // Past the configured levels (repetitions, or a policy shortened
+        // since the raise): `repeat`, so the label set stays that small.
         let numbered = usize::try_from(level).is_ok_and(|l| l <= configured);
         escalations.metrics.escalated(numbered.then_some(level));
     }
