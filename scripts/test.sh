@@ -19,6 +19,12 @@ command -v redis-server >/dev/null || apt_install redis-server
 # Headless Chromium (with a font to render text) for the console's browser test.
 command -v chromium >/dev/null || apt_install chromium fonts-liberation
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# promtool checks /metrics and the alert rules. Debian ships it with the
+# Prometheus server, which is not wanted running here.
+if ! command -v promtool >/dev/null; then
+  apt_install prometheus
+  if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+fi
 # The SMTP server the escalation tests send to.
 python3 -c 'import aiosmtpd' 2>/dev/null ||
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore aiosmtpd==1.4.6
@@ -35,6 +41,11 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+log "alert rules and dashboard"
+promtool check rules docs/alerts.yml
+promtool test rules docs/alerts.test.yml
+python3 -m json.tool docs/grafana-dashboard.json >/dev/null && echo "docs/grafana-dashboard.json: JSON ok"
+
 if [ $# -eq 0 ]; then
   log "Debian package"
   command -v cargo-deb >/dev/null || cargo install --locked cargo-deb@3.8.0
@@ -42,7 +53,8 @@ if [ $# -eq 0 ]; then
   cargo deb --locked --profile dev --no-strip --output target/debian/readback-test.deb >/dev/null
   contents=$(dpkg-deb -c target/debian/readback-test.deb)
   for path in ./usr/bin/readbackd ./etc/readback/readback.toml ./usr/lib/systemd/system/readbackd.service \
-              ./usr/share/doc/readback/operations.md; do
+              ./usr/share/doc/readback/operations.md ./usr/share/doc/readback/alerts.yml \
+              ./usr/share/doc/readback/grafana-dashboard.json; do
     grep -q " $path\$" <<<"$contents" || { echo "missing from the package: $path"; exit 1; }
   done
   dpkg-deb -I target/debian/readback-test.deb postinst | grep -q 'adduser --system' ||

@@ -95,6 +95,10 @@ impl Application {
         store.migrate().await?;
         let verifier = Arc::new(Verifier::from_config(&config.auth).map_err(StartError::Auth)?);
         let metrics = Arc::new(Metrics::default());
+        metrics.escalation_levels(
+            config.escalation.levels.len(),
+            config.escalation.repeat_every.is_some(),
+        );
         let jwks = match verifier.jwks() {
             Some(keys) => Some(first_jwks_fetch(&config, keys, metrics.clone()).await?),
             None => None,
@@ -150,6 +154,7 @@ impl Application {
                 store: store.clone(),
                 hub: hub.clone(),
                 outbox_wake: outbox_wake.clone(),
+                metrics: metrics.clone(),
             };
             AppState {
                 config: config.clone(),
@@ -301,6 +306,7 @@ impl Application {
                 sessions: state.sessions.clone(),
                 escalations: state.escalations.clone(),
                 heartbeat: self.scheduler_heartbeat.clone(),
+                metrics: state.metrics.clone(),
             },
             tick,
             shutdown.clone(),
@@ -311,6 +317,7 @@ impl Application {
                 config: state.config.clone(),
                 store: state.store.clone(),
                 wake: self.outbox_wake,
+                metrics: state.metrics.clone(),
             },
             self.mailer,
             shutdown.clone(),

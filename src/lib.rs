@@ -20,6 +20,7 @@ pub mod http;
 pub mod jwks;
 pub mod limits;
 pub mod metrics;
+pub mod monitoring;
 pub mod notifications;
 pub mod realtime;
 pub mod scheduler;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::escalation::service::{self as escalation, Escalations};
+use crate::metrics::Metrics;
 use crate::sessions::service::{self as sessions, Sessions};
 
 /// What one pass scans, and where it proves it ran.
@@ -28,6 +29,7 @@ pub struct Scheduler {
     /// When a pass last started (ms since the epoch): the watchdog's proof
     /// of life (see `supervisor`).
     pub heartbeat: Arc<AtomicI64>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn spawn(
@@ -42,7 +44,12 @@ pub fn spawn(
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => run_once(&scheduler).await,
+                due = tick.tick() => {
+                    let lag = due.elapsed().as_secs_f64();
+                    let now = crate::clock::Timestamp::now().as_millis() as f64 / 1000.0;
+                    scheduler.metrics.scheduler_started(lag, now);
+                    run_once(&scheduler).await;
+                }
             }
         }
         tracing::debug!("scheduler stopped");
@@ -68,6 +75,7 @@ pub async fn run_once(scheduler: &Scheduler) {
         Err(e) => tracing::warn!(error = %e, "escalation scan failed; retrying next tick"),
     }
     let took = started.elapsed();
+    scheduler.metrics.scheduler_finished(took.as_secs_f64());
     if took > Duration::from_millis(500) {
         tracing::warn!(?took, "scheduler tick was slow");
     }

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::escalation::{self as sql, OutboxEmail};
 use crate::store::notifications as notifications_sql;
@@ -47,6 +48,7 @@ pub struct Outbox {
     pub store: Store,
     /// Rung by the escalation pass when it queued emails.
     pub wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
 }
 
 enum Transport {
@@ -281,6 +283,15 @@ async fn settle(
     .await?;
     audit::append(&mut tx, &event).await?;
     tx.commit().await?;
+    outbox.metrics.outbox_attempted(
+        "email",
+        match outcome {
+            "pending" => "retry",
+            "sent" => "sent",
+            "skipped" => "skipped",
+            _ => "failed",
+        },
+    );
     match outcome {
         "sent" => {
             tracing::info!(notification_id = %email.notification_id, level = email.level, "escalation email sent");

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::realtime::hub::Hub;
 use crate::store::Store;
 use crate::store::escalation::{self as sql, DueStep, OutboxEmail};
@@ -30,6 +31,7 @@ pub struct Escalations {
     pub hub: Hub,
     /// Wakes the outbox sender when a pass queued emails.
     pub outbox_wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Claims the due steps and, for each notification still open, marks it
@@ -43,6 +45,7 @@ pub async fn scan(escalations: &Escalations) -> Result<usize, Error> {
     let mut fired = 0;
     let mut events = Vec::new();
     let mut escalated = Vec::new();
+    let mut levels = Vec::new();
     for step in &due {
         // The compare-and-set on the notification: an acknowledgement or a
         // cancel that committed first stops the step.
@@ -112,12 +115,20 @@ pub async fn scan(escalations: &Escalations) -> Result<usize, Error> {
         }
         fired += 1;
         escalated.push(notification.id.clone());
+        levels.push(step.level);
         tracing::info!(notification_id = %notification.id, level = step.level, emails = addresses.len(), "escalated");
     }
     audit::append_all(&mut tx, events).await?;
     tx.commit().await.map_err(StoreError::from)?;
     if fired > 0 {
         escalations.outbox_wake.notify_one();
+    }
+    let configured = escalations.config.escalation.levels.len();
+    for level in levels {
+        // Past the configured levels (repetitions, or a policy shortened
+        // since the raise): `repeat`, so the label set stays that small.
+        let numbered = usize::try_from(level).is_ok_and(|l| l <= configured);
+        escalations.metrics.escalated(numbered.then_some(level));
     }
     for id in &escalated {
         escalations

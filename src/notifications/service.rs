@@ -75,6 +75,7 @@ pub async fn raise(
     body: &Value,
     idempotency_key: Option<&str>,
 ) -> Result<Raised, Error> {
+    let received = std::time::Instant::now();
     // 1. Parse: a request that is not a valid raise changes nothing.
     let ack_within = |severity| notifications.config.ack_within(severity);
     let new = parse_raise(
@@ -108,6 +109,9 @@ pub async fn raise(
         .await;
     };
     // Committed: from here on the answer is 201 (the failure policy above).
+    notifications
+        .metrics
+        .raise_committed(received.elapsed().as_secs_f64());
     notifications.metrics.raised(notification.severity.as_str());
     tracing::info!(notification_id = %notification.id, severity = %notification.severity, "raised");
 
@@ -580,7 +584,10 @@ pub async fn acknowledge(
         )
         .await?;
         tx.commit().await.map_err(StoreError::from)?;
-        notifications.metrics.acknowledged.inc();
+        notifications.metrics.acknowledged(
+            notification.severity.as_str(),
+            now.millis_since(notification.created_at) as f64 / 1000.0,
+        );
         tracing::info!(notification_id = %id, user_id = %caller.user_id, "acknowledged");
         let answer = Acknowledged {
             notification_id: id.to_string(),

@@ -477,6 +477,9 @@ async fn replay<A: Adapter>(socket: &SocketRef<A>, state: &AppState, connection:
             }
         }
     };
+    state
+        .metrics
+        .replayed(backlog.notifications.len(), backlog.next_cursor.is_some());
     if backlog.notifications.is_empty() {
         return;
     }

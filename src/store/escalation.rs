@@ -372,3 +372,22 @@ pub async fn emails_of(
         .map(|row| row.try_get::<String, _>("email"))
         .collect::<Result<_, _>>()?)
 }
+
+/// Emails waiting in the outbox (pending, or leased to a sender) and when
+/// the oldest of them was queued, for the metrics: one aggregate over the
+/// rows the `email_outbox_pending` index holds.
+pub async fn outbox_summary(
+    conn: &mut AnyConnection,
+) -> Result<(i64, Option<Timestamp>), StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS pending, MIN(created_at) AS oldest FROM email_outbox \
+         WHERE state IN ('pending', 'sending')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((
+        row.try_get("pending")?,
+        row.try_get::<Option<i64>, _>("oldest")?
+            .map(Timestamp::from_millis),
+    ))
+}

@@ -59,27 +59,37 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
-            sqlx::Error::Database(ref db)
-                if db.code().is_some_and(|c| {
-                    // PostgreSQL: connection exceptions (08), no room for
-                    // another connection (53), shutting down (57P);
-                    // SQLite: busy or locked beyond the busy timeout.
-                    c.starts_with("08")
-                        || c.starts_with("53")
-                        || c.starts_with("57P")
-                        || matches!(c.as_ref(), "5" | "6")
-                }) =>
-            {
-                StoreError::Unavailable(error)
-            }
-            other => StoreError::Query(other),
+        let error = classify(error);
+        crate::metrics::database_error(match error {
+            StoreError::Unavailable(_) => "unavailable",
+            _ => "query",
+        });
+        error
+    }
+}
+
+/// Unavailable (callers answer 503) or not.
+fn classify(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+        sqlx::Error::Database(ref db)
+            if db.code().is_some_and(|c| {
+                // PostgreSQL: connection exceptions (08), no room for
+                // another connection (53), shutting down (57P);
+                // SQLite: busy or locked beyond the busy timeout.
+                c.starts_with("08")
+                    || c.starts_with("53")
+                    || c.starts_with("57P")
+                    || matches!(c.as_ref(), "5" | "6")
+            }) =>
+        {
+            StoreError::Unavailable(error)
         }
+        other => StoreError::Query(other),
     }
 }
 

@@ -438,3 +438,44 @@ pub async fn mark_escalated(conn: &mut AnyConnection, id: &str) -> Result<bool, 
     .rows_affected();
     Ok(updated == 1)
 }
+
+/// The open notifications of one severity, for the metrics.
+#[derive(Debug, Clone)]
+pub struct OpenSummary {
+    pub severity: String,
+    pub open: i64,
+    /// Open past their acknowledgement deadline at the time asked.
+    pub overdue: i64,
+    pub oldest_created_at: Option<Timestamp>,
+}
+
+/// Open notifications per severity at `now`: one aggregate over the open
+/// rows (found through the `state` index), so a metrics scrape costs one
+/// query however many notifications were ever raised.
+pub async fn open_summary(
+    conn: &mut AnyConnection,
+    now: Timestamp,
+) -> Result<Vec<OpenSummary>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT severity, COUNT(*) AS open_count, \
+           SUM(CASE WHEN ack_deadline < $1 THEN 1 ELSE 0 END) AS overdue_count, \
+           MIN(created_at) AS oldest \
+         FROM notifications WHERE state IN ('pending', 'escalated') GROUP BY severity",
+    )
+    .bind(now.as_millis())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(OpenSummary {
+                severity: row.try_get("severity")?,
+                open: row.try_get("open_count")?,
+                overdue: row.try_get::<Option<i64>, _>("overdue_count")?.unwrap_or(0),
+                oldest_created_at: row
+                    .try_get::<Option<i64>, _>("oldest")?
+                    .map(Timestamp::from_millis),
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
