@@ -492,7 +492,7 @@ fn version_man_pages_and_completions_come_from_the_command_line() {
         assert_eq!(code, Some(0), "{out}");
         let script = std::fs::read_to_string(completions.join(file)).unwrap();
         assert!(
-            script.contains("check-config") && script.contains("--config"),
+            script.contains("check-config") && script.contains("timeline"),
             "{shell}: {script}"
         );
     }
@@ -580,7 +580,10 @@ async fn support_commands_show_send_retry_and_trace(db: Db) {
     // An escalation email the relay refuses: stuck as failed.
     let daemon = env.start().await;
     let raised = Http::default()
-        .raise(&daemon, json!({ "userId": "alice" }), "stuck")
+        .raise_with(
+            &daemon,
+            &json!({ "recipient": { "userId": "alice" }, "severity": "critical", "title": "stuck", "ackWithin": 100 }),
+        )
         .await;
     let id = raised["id"].as_str().unwrap().to_string();
     let reference = raised["reference"].as_str().unwrap().to_string();
