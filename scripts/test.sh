@@ -49,17 +49,19 @@ python3 -m json.tool docs/grafana-dashboard.json >/dev/null && echo "docs/grafan
 if [ $# -eq 0 ]; then
   log "Debian package"
   command -v cargo-deb >/dev/null || cargo install --locked cargo-deb@3.8.0
-  # The dev profile is enough to check what the package holds.
-  cargo deb --locked --profile dev --no-strip --output target/debian/readback-test.deb >/dev/null
+  # The dev profile is enough to check what the package holds and does.
+  scripts/package.sh --profile dev --output target/debian/readback-test.deb >/dev/null
   contents=$(dpkg-deb -c target/debian/readback-test.deb)
   for path in ./usr/bin/readbackd ./etc/readback/readback.toml ./usr/lib/systemd/system/readbackd.service \
               ./usr/share/doc/readback/operations.md ./usr/share/doc/readback/alerts.yml \
-              ./usr/share/doc/readback/grafana-dashboard.json; do
+              ./usr/share/doc/readback/grafana-dashboard.json ./usr/share/man/man1/readbackd.1.gz; do
     grep -q " $path\$" <<<"$contents" || { echo "missing from the package: $path"; exit 1; }
   done
   dpkg-deb -I target/debian/readback-test.deb postinst | grep -q 'adduser --system' ||
     { echo "postinst does not create the readback user"; exit 1; }
   echo "package contents ok"
+  # lintian, then install, upgrade and purge it on this machine.
+  scripts/test-package.sh target/debian/readback-test.deb
 fi
 
 log "tests"

@@ -1,14 +1,22 @@
 //! `readbackd`: the daemon and its operator commands.
+//!
+//! Owns: the command line (clap), which command opens the database how
+//! (only `serve` and `migrate` migrate; the commands that read check the
+//! schema and refuse instead), and the exit codes ([`Exit`]).
+//! Never: hold logic a test cannot reach through the binary — each
+//! command is a thin call into the library.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use readback::app::StartError;
 use readback::auth::{TokenRequest, mint};
 use readback::clock::Timestamp;
 use readback::severity::Severity;
+use readback::store::StoreError;
 use readback::store::reports::GroupBy;
 use readback::{Application, Config, store::Store};
 use tokio_util::sync::CancellationToken;
@@ -27,8 +35,41 @@ struct Cli {
 #[derive(clap::Args)]
 struct ConfigArg {
     /// The TOML configuration file (keys can be overridden by READBACK_<SECTION>__<KEY>).
-    #[arg(long, env = "READBACK_CONFIG", default_value = "config/readback.toml")]
+    #[arg(
+        long,
+        env = "READBACK_CONFIG",
+        default_value = "/etc/readback/readback.toml",
+        value_hint = clap::ValueHint::FilePath
+    )]
     config: PathBuf,
+}
+
+/// How `readbackd` ends: sysexits(3) codes, so that systemd and scripts
+/// tell "fix the setup" from "retry later" from "investigate the audit
+/// log" (docs/operations.md, "Exit codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// Anything else that failed.
+    Failure = 1,
+    /// A bad argument, or a file named on the command line that cannot be
+    /// used (clap's own code for usage errors).
+    Usage = 2,
+    /// EX_DATAERR: the audit log is not what was written (a changed,
+    /// deleted or reordered row, an edited finding, a checkpoint the log no
+    /// longer extends or whose signature fails).
+    Tampered = 65,
+    /// EX_UNAVAILABLE: the database cannot be reached; retrying later may
+    /// succeed.
+    Unavailable = 69,
+    /// EX_CONFIG: the configuration is invalid, or the database's schema is
+    /// not the one this readbackd reads; restarting will not help.
+    Config = 78,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
 }
 
 #[derive(Subcommand)]
@@ -37,7 +78,7 @@ enum Command {
     Serve(ConfigArg),
     /// Apply pending database migrations and exit.
     Migrate(ConfigArg),
-    /// Validate the configuration and exit 0 (valid) or 1 (every problem listed).
+    /// Validate the configuration and exit 0 (valid) or 78 (every problem listed).
     CheckConfig {
         #[command(flatten)]
         config: ConfigArg,
@@ -70,6 +111,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The effective configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Escalation email tools.
+    Email {
+        #[command(subcommand)]
+        command: EmailCommand,
+    },
+    /// The escalation email outbox: what waits, what failed, retrying it.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+    /// Every audit row of one notification, in order, with its state.
+    Timeline {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The notification's id, or readback's reference (RB-42, from an
+        /// escalation email).
+        id: String,
+        /// Print JSON (the same as GET /api/v1/notifications/{id}/timeline).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the man pages or a shell's completions into DIR (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generated,
+    },
     /// Mint a token signed with the configured key, for trials and tests.
     Token {
         #[command(flatten)]
@@ -95,10 +168,72 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the configuration in force (the file, READBACK_* overrides,
+    /// secret files and defaults), secrets and URL passwords redacted.
+    Show(ConfigArg),
+}
+
+#[derive(Subcommand)]
+enum EmailCommand {
+    /// Send a test email now through smtp.url (not through the outbox);
+    /// exit 0 when the server accepted it.
+    Test {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The address to send it to.
+        #[arg(long, value_name = "ADDR")]
+        to: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// List outbox rows, oldest first: by default the ones not yet sent
+    /// (pending, sending, failed).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// pending, sending, sent, failed, skipped or all (repeat for several).
+        #[arg(long = "state", value_name = "STATE")]
+        states: Vec<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make failed (or waiting) emails due now, with a fresh count of
+    /// attempts; the running daemon sends them at its next tick. Audited
+    /// as `email.retried`.
+    Retry {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Outbox rows (the SEQ column of `outbox list`).
+        #[arg(value_name = "SEQ", required_unless_present = "failed")]
+        seqs: Vec<i64>,
+        /// Every failed row.
+        #[arg(long, conflicts_with = "seqs")]
+        failed: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum Generated {
+    /// readbackd.1 and one page per command (readbackd-serve.1, ...).
+    Man { dir: PathBuf },
+    /// The completion script of SHELL, named as that shell looks for it.
+    Completions {
+        shell: clap_complete::Shell,
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Walk the hash chain and check each finding against its content
     /// digest; with --checkpoint, also prove the log still extends each
-    /// signed checkpoint. Exit 1 naming the first problem found.
+    /// signed checkpoint. Exit 65 naming the first problem found.
     Verify {
         #[command(flatten)]
         config: ConfigArg,
@@ -129,10 +264,22 @@ enum AuditCommand {
 }
 
 fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
-    Config::load(&arg.config).map_err(|e| {
-        eprintln!("readbackd: {}: {e}", arg.config.display());
-        ExitCode::from(1)
-    })
+    Config::load(&arg.config)
+        .map_err(|e| die(Exit::Config, format!("{}: {e}", arg.config.display())))
+}
+
+/// Opens the database for an operator command: it must exist and hold
+/// exactly this readbackd's schema; nothing is created or migrated (only
+/// `serve` and `migrate` migrate).
+async fn open_existing(config: &Config) -> Result<Store, ExitCode> {
+    let store = Store::connect_existing(&config.database)
+        .await
+        .map_err(store_failure)?;
+    if let Err(e) = store.check_schema().await {
+        store.close().await;
+        return Err(store_failure(e));
+    }
+    Ok(store)
 }
 
 fn main() -> ExitCode {
@@ -154,16 +301,24 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             let config = load(&arg)?;
             if connect {
                 runtime().block_on(async {
-                    let store = Store::connect(&config.database).await.map_err(fail)?;
+                    let store = Store::connect(&config.database)
+                        .await
+                        .map_err(store_failure)?;
                     let reached = store.ping().await;
                     store.close().await;
                     reached.map_err(|e| {
-                        eprintln!("readbackd: {}: database.url: {e}", arg.config.display());
-                        ExitCode::from(1)
+                        let exit = if e.is_unavailable() {
+                            Exit::Unavailable
+                        } else {
+                            Exit::Failure
+                        };
+                        die(exit, format!("{}: database.url: {e}", arg.config.display()))
                     })?;
                     fetch_jwks(&config).await.map_err(|e| {
-                        eprintln!("readbackd: {}: auth.jwks_url: {e}", arg.config.display());
-                        ExitCode::from(1)
+                        die(
+                            Exit::Unavailable,
+                            format!("{}: auth.jwks_url: {e}", arg.config.display()),
+                        )
                     })
                 })?;
             }
@@ -193,10 +348,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                     key_id: kid,
                 },
             )
-            .map_err(|e| {
-                eprintln!("readbackd: {e}");
-                ExitCode::from(1)
-            })?;
+            .map_err(|e| die(Exit::Config, e))?;
             println!("{token}");
             Ok(())
         }
@@ -204,9 +356,12 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             let config = load(&arg)?;
             let _logs = readback::telemetry::init(&config.logging).map_err(fail)?;
             runtime().block_on(async {
-                let store = Store::connect(&config.database).await.map_err(fail)?;
-                store.migrate().await.map_err(fail)?;
+                let store = Store::connect(&config.database)
+                    .await
+                    .map_err(store_failure)?;
+                let migrated = store.migrate().await;
                 store.close().await;
+                migrated.map_err(store_failure)?;
                 println!("migrations applied");
                 Ok(())
             })
@@ -221,10 +376,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             json,
         } => {
             let config = load(&config)?;
-            let bad = |what: &str| {
-                eprintln!("readbackd: {what}");
-                ExitCode::from(2)
-            };
+            let bad = |what: &str| die(Exit::Usage, what);
             let time = |text: &Option<String>, name: &str| -> Result<Option<Timestamp>, ExitCode> {
                 text.as_deref()
                     .map(|t| {
@@ -246,12 +398,11 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             let group_by = GroupBy::parse(&group_by)
                 .ok_or_else(|| bad("--group-by: user, role or severity"))?;
             runtime().block_on(async {
-                let store = Store::connect(&config.database).await.map_err(fail)?;
-                store.migrate().await.map_err(fail)?;
-                let report = readback::audit::review::report(&store, from, to, severity, group_by)
-                    .await
-                    .map_err(fail)?;
+                let store = open_existing(&config).await?;
+                let report =
+                    readback::audit::review::report(&store, from, to, severity, group_by).await;
                 store.close().await;
+                let report = report.map_err(store_failure)?;
                 if json {
                     println!("{}", report.to_json());
                 } else {
@@ -259,6 +410,29 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 }
                 Ok(())
             })
+        }
+        Command::Generate { what } => generate(what),
+        Command::Config {
+            command: ConfigCommand::Show(arg),
+        } => {
+            let config = load(&arg)?;
+            println!(
+                "# {} with READBACK_* overrides and defaults; secrets redacted",
+                arg.config.display()
+            );
+            println!("{}", redact_urls(&format!("{config:#?}")));
+            Ok(())
+        }
+        Command::Email {
+            command: EmailCommand::Test { config, to },
+        } => {
+            let config = load(&config)?;
+            runtime().block_on(email_test(&config, &to))
+        }
+        Command::Outbox { command } => outbox(command),
+        Command::Timeline { config, id, json } => {
+            let config = load(&config)?;
+            runtime().block_on(timeline(&config, &id, json))
         }
         Command::Serve(arg) => {
             let config = load(&arg)?;
@@ -274,17 +448,17 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
 /// or a restored copy.
 fn audit(command: AuditCommand) -> Result<(), ExitCode> {
     use readback::audit::checkpoint::{self, CheckpointError, PublicKey, SigningKey};
-    use readback::audit::review::{self, Vouched};
-    let usage = |message: String| {
-        eprintln!("readbackd: {message}");
-        ExitCode::from(2)
-    };
+    use readback::audit::review::{self, VerifyError, Vouched};
+    let usage = |message: String| die(Exit::Usage, message);
     let key_error = |error: CheckpointError| match error {
         CheckpointError::Unusable { .. } => usage(error.to_string()),
         CheckpointError::Rejected { .. } => {
-            eprintln!("readbackd: checkpoint refused: {error}");
-            ExitCode::from(1)
+            die(Exit::Tampered, format!("checkpoint refused: {error}"))
         }
+    };
+    let verify_error = |error: VerifyError| match error {
+        VerifyError::Tamper(_) => die(Exit::Tampered, error),
+        VerifyError::Store(e) => store_failure(e),
     };
     let signing_key = |config: &Config| match &config.audit.checkpoint_key_file {
         Some(path) => SigningKey::read(path).map_err(key_error),
@@ -309,11 +483,14 @@ fn audit(command: AuditCommand) -> Result<(), ExitCode> {
             let config = load(&arg)?;
             let key = signing_key(&config)?;
             let verified = runtime().block_on(async {
-                let store = Store::connect(&config.database).await.map_err(fail)?;
+                let store = open_existing(&config).await?;
                 let verified = review::verify(&store, &[]).await;
                 store.close().await;
                 // Never sign a head the log does not support.
-                verified.map_err(|e| fail(format!("no checkpoint written: {e}")))
+                verified.map_err(|e| {
+                    eprintln!("readbackd: no checkpoint written");
+                    verify_error(e)
+                })
             })?;
             let statement = key.sign(verified.head_seq, &verified.head_hash, Timestamp::now());
             match out {
@@ -361,10 +538,10 @@ fn audit(command: AuditCommand) -> Result<(), ExitCode> {
                 }
             }
             runtime().block_on(async {
-                let store = Store::connect(&config.database).await.map_err(fail)?;
+                let store = open_existing(&config).await?;
                 let verified = review::verify(&store, &vouched).await;
                 store.close().await;
-                let v = verified.map_err(fail)?;
+                let v = verified.map_err(verify_error)?;
                 let mut summary = format!(
                     "audit log verified: {} rows, chain intact; {} match their content digests",
                     v.rows,
@@ -418,10 +595,351 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("building the tokio runtime")
 }
 
-fn fail(error: impl std::fmt::Display) -> ExitCode {
+/// `readbackd email test`: one message through the configured relay.
+async fn email_test(config: &Config, to: &str) -> Result<(), ExitCode> {
+    use readback::escalation::mailer::Mailer;
+    let mut mailer = match Mailer::from_config(&config.smtp) {
+        Ok(Some(mailer)) => mailer,
+        Ok(None) => {
+            return Err(die(
+                Exit::Config,
+                "smtp.url and smtp.from are not both set: escalation emails wait in the outbox",
+            ));
+        }
+        Err(e) => return Err(die(Exit::Config, e)),
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let body = format!(
+        "This is a test message from readbackd on {}, sent with `readbackd email test`.\n\
+         Escalation emails for unacknowledged critical findings use this relay and sender.\n",
+        host.trim()
+    );
+    match mailer.send_test(to, "[readback] Test message", body).await {
+        Ok(()) => {
+            println!("test email to {to} accepted by the SMTP server");
+            Ok(())
+        }
+        Err((error, transient)) => {
+            let exit = if transient {
+                Exit::Unavailable
+            } else {
+                Exit::Failure
+            };
+            Err(die(
+                exit,
+                format!("test email to {to} not accepted: {error}"),
+            ))
+        }
+    }
+}
+
+/// `readbackd outbox …`.
+fn outbox(command: OutboxCommand) -> Result<(), ExitCode> {
+    use readback::store::escalation::{self as sql, OutboxRow};
+    const STATES: [&str; 5] = ["pending", "sending", "sent", "failed", "skipped"];
+    let table = |rows: &[OutboxRow]| {
+        println!(
+            "{:>6}  {:<10}  {:<8}  {:>5}  {:>8}  {:<24}  {:<32}  LAST ERROR",
+            "SEQ", "REFERENCE", "STATE", "LEVEL", "ATTEMPTS", "NEXT ATTEMPT", "ADDRESS"
+        );
+        for row in rows {
+            println!(
+                "{:>6}  {:<10}  {:<8}  {:>5}  {:>8}  {:<24}  {:<32}  {}",
+                row.seq,
+                row.reference.as_deref().unwrap_or("-"),
+                row.state,
+                row.level,
+                row.attempts,
+                row.next_attempt_at.to_string(),
+                row.address,
+                row.last_error.as_deref().unwrap_or("")
+            );
+        }
+    };
+    match command {
+        OutboxCommand::List {
+            config,
+            states,
+            limit,
+            json,
+        } => {
+            let config = load(&config)?;
+            let states: Vec<&str> = if states.is_empty() {
+                vec!["pending", "sending", "failed"]
+            } else if states.iter().any(|s| s == "all") {
+                Vec::new()
+            } else {
+                states
+                    .iter()
+                    .map(|s| {
+                        STATES
+                            .iter()
+                            .copied()
+                            .find(|known| known == s)
+                            .ok_or_else(|| {
+                                die(
+                                    Exit::Usage,
+                                    format!("--state {s}: one of {}, all", STATES.join(", ")),
+                                )
+                            })
+                    })
+                    .collect::<Result<_, _>>()?
+            };
+            let rows = runtime().block_on(async {
+                let store = open_existing(&config).await?;
+                let rows = match store.conn().await {
+                    Ok(mut conn) => sql::outbox_rows(&mut conn, &states, limit).await,
+                    Err(e) => Err(e),
+                };
+                store.close().await;
+                rows.map_err(store_failure)
+            })?;
+            if json {
+                for row in &rows {
+                    println!("{}", serde_json::to_string(row).expect("serializable"));
+                }
+            } else {
+                table(&rows);
+            }
+            Ok(())
+        }
+        OutboxCommand::Retry {
+            config,
+            seqs,
+            failed: _,
+        } => {
+            let config = load(&config)?;
+            let operator = operator();
+            let rows = runtime().block_on(async {
+                let store = open_existing(&config).await?;
+                let retried = retry(&store, &seqs, &operator).await;
+                store.close().await;
+                retried.map_err(store_failure)
+            })?;
+            if rows.is_empty() {
+                return Err(die(
+                    Exit::Failure,
+                    "no failed or pending email matched: nothing retried (see `readbackd outbox list`)",
+                ));
+            }
+            table(&rows);
+            println!(
+                "{} due now: the running daemon sends {} at its next tick",
+                plural(rows.len() as u64, "email", "emails"),
+                if rows.len() == 1 { "it" } else { "them" }
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Makes the rows due and audits each, in one transaction.
+async fn retry(
+    store: &Store,
+    seqs: &[i64],
+    operator: &str,
+) -> Result<Vec<readback::store::escalation::OutboxRow>, StoreError> {
+    use readback::audit::{Action, AuditEvent};
+    let now = Timestamp::now();
+    let mut tx = store.begin().await?;
+    let rows = readback::store::escalation::retry_emails(&mut tx, seqs, now).await?;
+    let events: Vec<AuditEvent> = rows
+        .iter()
+        .map(|row| {
+            let mut event = AuditEvent::new(Action::EmailRetried, now)
+                .outcome("ok")
+                .detail(serde_json::json!({
+                    "outboxSeq": row.seq,
+                    "level": row.level,
+                    "address": row.address,
+                    "lastError": row.last_error,
+                }));
+            event.actor_id = Some(operator.to_string());
+            event.actor_role = Some("operator".into());
+            event.notification_id = Some(row.notification_id.clone());
+            event
+        })
+        .collect();
+    readback::store::audit::append_all(&mut tx, events).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// Who runs this command, for the audit log: the user behind `sudo`, or
+/// the login name.
+fn operator() -> String {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `readbackd timeline ID`: the notification's state and its audit rows.
+async fn timeline(config: &Config, id: &str, json: bool) -> Result<(), ExitCode> {
+    use readback::audit::review::row_json;
+    use readback::notifications::Reference;
+    use readback::store::audit::{AuditFilter, WALK_PAGE, page};
+    use readback::store::notifications as sql;
+    let store = open_existing(config).await?;
+    let found = async {
+        let mut conn = store.conn().await?;
+        let notification = match sql::find(&mut conn, id).await? {
+            Some(n) => Some(n),
+            None => match Reference::parse(id) {
+                Some(reference) => sql::find_by_seq(&mut conn, reference.0).await?,
+                None => None,
+            },
+        };
+        let Some(notification) = notification else {
+            return Ok(None);
+        };
+        let filter = AuditFilter {
+            notification_id: Some(notification.id.clone()),
+            ..AuditFilter::default()
+        };
+        let mut rows = Vec::new();
+        let mut after = 0;
+        loop {
+            let batch = page(&mut conn, &filter, after, WALK_PAGE).await?;
+            let Some(last) = batch.last() else { break };
+            after = last.seq;
+            let full = batch.len() == WALK_PAGE as usize;
+            rows.extend(batch);
+            if !full {
+                break;
+            }
+        }
+        Ok::<_, StoreError>(Some((notification, rows)))
+    }
+    .await;
+    store.close().await;
+    let Some((notification, rows)) = found.map_err(store_failure)? else {
+        return Err(die(Exit::Failure, format!("notification {id} not found")));
+    };
+    if json {
+        let events: Vec<serde_json::Value> = rows.iter().map(row_json).collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "notificationId": notification.id,
+                "reference": notification.reference(),
+                "state": notification.state,
+                "events": events,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "{} ({}): {} {}, {}, deadline {}",
+        notification.id,
+        notification.reference(),
+        notification.severity,
+        serde_json::to_value(notification.state)
+            .expect("serializable")
+            .as_str()
+            .unwrap_or("?"),
+        notification.title,
+        notification.ack_deadline
+    );
+    for row in &rows {
+        let actor = match (&row.actor_id, &row.actor_role) {
+            (Some(id), Some(role)) => format!("{id} ({role})"),
+            (Some(id), None) => id.clone(),
+            _ => "-".into(),
+        };
+        println!(
+            "{:>6}  {}  {:<26}  {:<8}  {:<24}  {}",
+            row.seq, row.at, row.action, row.outcome, actor, row.detail
+        );
+    }
+    Ok(())
+}
+
+/// Masks the password of every `scheme://user:password@host` and every
+/// `password=` query parameter in `text`.
+fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let end = after
+            .find(|c: char| c == '/' || c == '"' || c == '?' || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@') {
+            Some(at) if authority[..at].contains(':') => {
+                let colon = authority[..at].find(':').expect("checked");
+                out.push_str(&authority[..=colon]);
+                out.push_str("REDACTED");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    let mut redacted = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(at) = rest.find("password=") {
+        let (before, after) = rest.split_at(at + "password=".len());
+        redacted.push_str(before);
+        redacted.push_str("REDACTED");
+        let end = after
+            .find(|c: char| c == '&' || c == '"' || c.is_whitespace())
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    redacted.push_str(rest);
+    redacted
+}
+
+/// `readbackd generate …`: what the package installs, from the same
+/// definitions as the command line itself.
+fn generate(what: Generated) -> Result<(), ExitCode> {
+    let written = match what {
+        Generated::Man { dir } => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+            .map(|()| dir),
+        Generated::Completions { shell, dir } => std::fs::create_dir_all(&dir).and_then(|()| {
+            clap_complete::generate_to(shell, &mut Cli::command(), "readbackd", &dir)
+        }),
+    };
+    let path = written.map_err(|e| die(Exit::Failure, e))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Prints `readbackd: <error>` (and logs it, when logging is set up);
+/// the code to exit with.
+fn die(exit: Exit, error: impl std::fmt::Display) -> ExitCode {
     eprintln!("readbackd: {error}");
     tracing::error!(%error, "fatal");
-    ExitCode::from(1)
+    exit.into()
+}
+
+fn fail(error: impl std::fmt::Display) -> ExitCode {
+    die(Exit::Failure, error)
+}
+
+/// A database failure, by whether waiting could help.
+fn store_failure(error: StoreError) -> ExitCode {
+    match &error {
+        StoreError::Unavailable(_) => die(Exit::Unavailable, error),
+        e if e.is_unavailable() => die(Exit::Unavailable, format!("database unavailable: {e}")),
+        StoreError::Open(_) | StoreError::Schema(_) => die(Exit::Config, error),
+        _ => die(Exit::Failure, error),
+    }
+}
+
+/// Why the daemon could not start, by what would fix it.
+fn start_failure(error: StartError) -> ExitCode {
+    match error {
+        StartError::Store(e) => store_failure(e),
+        StartError::Auth(_) | StartError::Smtp(_) | StartError::Tls(_) => die(Exit::Config, error),
+        StartError::Cluster(_) => die(Exit::Unavailable, error),
+        StartError::Bind { .. } => die(Exit::Failure, error),
+    }
 }
 
 async fn serve(
@@ -436,7 +954,7 @@ async fn serve(
              (allow_plaintext = true); use TLS"
         );
     }
-    let app = Application::build(config).await.map_err(fail)?;
+    let app = Application::build(config).await.map_err(start_failure)?;
     let shutdown = CancellationToken::new();
     // Both handlers are in place before READY=1: `systemctl reload` or
     // `stop` right after start meets readback's handling, not the default.
@@ -469,4 +987,23 @@ async fn serve(
     result.map_err(fail)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_urls;
+
+    #[test]
+    fn url_passwords_are_redacted() {
+        assert_eq!(
+            redact_urls(
+                r#"url: "postgres://rb:s3cr%40t@db.example:5432/rb?sslmode=require&password=x", b: "redis://:pw@cache/0", c: "smtp://relay.example:25""#
+            ),
+            r#"url: "postgres://rb:REDACTED@db.example:5432/rb?sslmode=require&password=REDACTED", b: "redis://:REDACTED@cache/0", c: "smtp://relay.example:25""#
+        );
+        assert_eq!(
+            redact_urls("sqlite:///var/lib/readback/readback.db"),
+            "sqlite:///var/lib/readback/readback.db"
+        );
+    }
 }

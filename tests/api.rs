@@ -353,7 +353,7 @@ fn check_config_names_every_bad_key_and_token_mints() {
         .arg(&bad)
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("sessions.idle_timout: unknown key"),
@@ -403,7 +403,7 @@ fn check_config_names_every_bad_key_and_token_mints() {
         .arg(&bad_mail)
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("escalation.levels[0].to: `chief-at-hospital`"),
@@ -418,6 +418,6 @@ fn check_config_names_every_bad_key_and_token_mints() {
         .env("READBACK_SESSIONS__IDLE_TIMEOUT", "not-a-duration")
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&output.stderr).contains("sessions.idle_timeout"));
 }

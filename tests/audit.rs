@@ -334,8 +334,9 @@ async fn verify_names_the_row_that_was_changed_deleted_or_swapped(db: Db) {
         "UPDATE audit_log SET actor_id = 'mallory' WHERE seq = 2",
     )
     .await;
-    let (ok, output) = env.audit_verify();
-    assert!(!ok);
+    let config = env.config_path();
+    let (code, output) = readbackd(&["audit", "verify", "--config", path(&config)]);
+    assert_eq!(code, Some(65), "tampering has its own exit code: {output}");
     assert!(output.contains("row 2"), "{output}");
     sql(&env, "UPDATE audit_log SET actor_id = 'pacs' WHERE seq = 2").await;
     assert!(env.audit_verify().0, "restored");
@@ -879,7 +880,7 @@ async fn a_rewritten_chain_passes_verify_alone_but_not_an_earlier_checkpoint(db:
         "--checkpoint",
         path(&forged),
     ]);
-    assert_eq!(code, Some(1), "{output}");
+    assert_eq!(code, Some(65), "{output}");
     assert!(
         output.contains("forged.json") && output.contains("signature"),
         "{output}"
@@ -896,7 +897,7 @@ async fn a_rewritten_chain_passes_verify_alone_but_not_an_earlier_checkpoint(db:
         "--checkpoint",
         path(&cp1),
     ]);
-    assert_eq!(code, Some(1), "{output}");
+    assert_eq!(code, Some(65), "{output}");
     assert!(output.contains("key"), "{output}");
     // Usage errors: a missing file; no key to check with.
     let (code, _) = readbackd(&[
@@ -974,7 +975,7 @@ async fn a_rewritten_chain_passes_verify_alone_but_not_an_earlier_checkpoint(db:
         "--checkpoint",
         path(&cp1),
     ]);
-    assert_eq!(code, Some(1), "{output}");
+    assert_eq!(code, Some(65), "{output}");
     assert!(
         output.contains("row 3") && output.contains("cp1.json"),
         "{output}"

@@ -1,6 +1,7 @@
 //! The daemon as hospital IT runs it: systemd readiness and watchdog, the
-//! unit's hardening, draining on SIGTERM, TLS with certificate reload, and
-//! log files.
+//! unit's hardening, draining on SIGTERM, TLS with certificate reload, log
+//! files, and the command line (exit codes, commands that only read, the
+//! man page and completions).
 
 mod common;
 
@@ -14,7 +15,11 @@ use common::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-both_databases!(sigterm_during_a_burst_loses_nothing_answered);
+both_databases!(
+    sigterm_during_a_burst_loses_nothing_answered,
+    read_only_commands_refuse_a_schema_they_do_not_read_and_never_migrate,
+    support_commands_show_send_retry_and_trace,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_follows_the_listener_and_the_watchdog_is_fed() {
@@ -283,6 +288,11 @@ fn the_systemd_unit_is_valid_and_hardened() {
         text.lines().any(|l| l.starts_with("MemoryMax=")),
         "no MemoryMax= in the unit"
     );
+    // A configuration error is not restarted in a loop.
+    assert!(
+        text.lines().any(|l| l == "RestartPreventExitStatus=78"),
+        "no RestartPreventExitStatus=78 in the unit"
+    );
 
     // `verify` needs the binary the unit starts: point it at the one built.
     let dir = tempfile::tempdir().unwrap();
@@ -301,4 +311,373 @@ fn the_systemd_unit_is_valid_and_hardened() {
         verified.status.success() && complaints.trim().is_empty(),
         "{complaints}"
     );
+}
+
+/// The migrations on record in the database: a command that only reads
+/// must leave them as they are.
+#[allow(clippy::disallowed_methods)] // assertions read what the command left
+async fn migrations_on_record(env: &TestEnv) -> Option<i64> {
+    use sqlx::Row;
+    let mut conn = env.sql().await;
+    sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .ok()
+        .map(|row| row.get::<i64, _>(0))
+}
+
+async fn read_only_commands_refuse_a_schema_they_do_not_read_and_never_migrate(db: Db) {
+    let env = TestEnv::new(db).await;
+    let config = env.write_config();
+    let config = config.to_str().unwrap();
+    let read_only: [&[&str]; 2] = [
+        &["report", "--config", config],
+        &["audit", "verify", "--config", config],
+    ];
+    if db == Db::Sqlite {
+        // No database at the configured path: unavailable, and none is
+        // left behind.
+        for args in read_only {
+            let (code, out) = readbackd(args);
+            assert_eq!(code, Some(69), "{args:?}: {out}");
+        }
+        assert!(!env.dir.path().join("readback.db").exists());
+        // An empty SQLite database (a file of zero bytes is one).
+        std::fs::write(env.dir.path().join("readback.db"), "").unwrap();
+    }
+    // A database that was never migrated.
+    for args in read_only {
+        let (code, out) = readbackd(args);
+        assert_eq!(code, Some(78), "{args:?}: {out}");
+        assert!(
+            out.contains("never migrated") && out.contains("readbackd migrate"),
+            "{args:?}: {out}"
+        );
+    }
+    assert_eq!(migrations_on_record(&env).await, None, "nothing migrated");
+
+    // A current database: they work, and the schema is as it was.
+    let (code, out) = readbackd(&["migrate", "--config", config]);
+    assert_eq!(code, Some(0), "{out}");
+    let current = migrations_on_record(&env).await.expect("migrated");
+    for args in read_only {
+        let (code, out) = readbackd(args);
+        assert_eq!(code, Some(0), "{args:?}: {out}");
+    }
+    assert_eq!(migrations_on_record(&env).await, Some(current));
+
+    // An older database (its last migration not applied): refused, and
+    // still older afterwards.
+    {
+        use sqlx::Executor;
+        let mut conn = env.sql().await;
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM _sqlx_migrations WHERE version = {current}"
+        )))
+        .await
+        .unwrap();
+    }
+    for args in read_only {
+        let (code, out) = readbackd(args);
+        assert_eq!(code, Some(78), "{args:?}: {out}");
+        assert!(
+            out.contains(&format!("lacks migration {current}"))
+                && out.contains("readbackd migrate"),
+            "{args:?}: {out}"
+        );
+    }
+    assert_eq!(migrations_on_record(&env).await, Some(current - 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_tell_a_configuration_error_from_an_unreachable_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let secret = format!("[auth]\njwt_secret = \"{SECRET}\"\n");
+    // EX_CONFIG: the daemon does not start, and the unit does not restart it.
+    let bad = write(
+        "bad.toml",
+        &format!("{secret}[sessions]\nidle_timout = \"5m\"\n"),
+    );
+    for command in ["serve", "migrate", "check-config", "report"] {
+        let (code, out) = readbackd(&[command, "--config", &bad]);
+        assert_eq!(code, Some(78), "{command}: {out}");
+        assert!(out.contains("sessions.idle_timout"), "{command}: {out}");
+    }
+    // EX_UNAVAILABLE: nothing listens on the database's port; the unit
+    // restarts it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = write(
+        "unreachable.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{secret}[database]\nurl = \"postgres://readback@127.0.0.1:{port}/readback\"\n"
+        ),
+    );
+    // Each waits out the pool's connect timeout (5 s): all at once.
+    let commands: [&[&str]; 4] = [
+        &["serve", "--config", &unreachable],
+        &["migrate", "--config", &unreachable],
+        &["check-config", "--connect", "--config", &unreachable],
+        &["audit", "verify", "--config", &unreachable],
+    ];
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = commands
+            .iter()
+            .map(|args| scope.spawn(move || (args, readbackd(args))))
+            .collect();
+        for run in runs {
+            let (args, (code, out)) = run.join().unwrap();
+            assert_eq!(code, Some(69), "{args:?}: {out}");
+            assert!(out.contains("database unavailable"), "{args:?}: {out}");
+        }
+    });
+}
+
+#[test]
+fn version_man_pages_and_completions_come_from_the_command_line() {
+    let (code, out) = readbackd(&["--version"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out.trim(),
+        format!("readbackd {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    // Without --config (or READBACK_CONFIG), the packaged path.
+    let output = Command::new(env!("CARGO_BIN_EXE_readbackd"))
+        .arg("check-config")
+        .env_remove("READBACK_CONFIG")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("/etc/readback/readback.toml"), "{said}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man");
+    let (code, out) = readbackd(&["generate", "man", man.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    let page = std::fs::read_to_string(man.join("readbackd.1")).unwrap();
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH readbackd"),
+        "{page}"
+    );
+    for command in ["serve", "check\\-config", "audit"] {
+        assert!(page.contains(command), "readbackd.1 lacks {command}");
+    }
+    let serve = std::fs::read_to_string(man.join("readbackd-serve.1")).unwrap();
+    assert!(serve.contains("/etc/readback/readback.toml"), "{serve}");
+    // The packaging command itself is not documented to operators.
+    assert!(!page.contains("generate"), "{page}");
+
+    let completions = dir.path().join("completions");
+    for (shell, file) in [
+        ("bash", "readbackd.bash"),
+        ("zsh", "_readbackd"),
+        ("fish", "readbackd.fish"),
+    ] {
+        let (code, out) = readbackd(&[
+            "generate",
+            "completions",
+            shell,
+            completions.to_str().unwrap(),
+        ]);
+        assert_eq!(code, Some(0), "{out}");
+        let script = std::fs::read_to_string(completions.join(file)).unwrap();
+        assert!(
+            script.contains("check-config") && script.contains("timeline"),
+            "{shell}: {script}"
+        );
+    }
+}
+
+/// `readbackd` with extra environment variables: its exit code and output.
+fn readbackd_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_readbackd"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run readbackd");
+    (
+        output.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+async fn support_commands_show_send_retry_and_trace(db: Db) {
+    let smtp = SmtpServer::start().await;
+    let env = TestEnv::with_config(
+        db,
+        &format!(
+            "{}\n[scheduler]\ntick = \"100ms\"\n\n[[escalation.levels]]\nafter = \"0s\"\n\
+             to = [\"reject-me@hospital.example\"]\n",
+            smtp.config()
+        ),
+    )
+    .await;
+    let config = env.write_config();
+    let config = config.to_str().unwrap();
+
+    // The configuration in force: overrides and defaults in, secrets out.
+    let (code, shown) = readbackd_with_env(
+        &["config", "show", "--config", config],
+        &[(
+            "READBACK_CLUSTER__REDIS_URL",
+            "redis://:hunter2@127.0.0.1:6379",
+        )],
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(
+        !shown.contains(SECRET) && !shown.contains("hunter2"),
+        "{shown}"
+    );
+    assert!(shown.contains("REDACTED"), "{shown}");
+    assert!(
+        shown.contains("redis://:REDACTED@127.0.0.1:6379"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("max_connections"),
+        "defaults are shown: {shown}"
+    );
+    assert!(shown.contains(&env.database_url), "{shown}");
+
+    // A test email through the configured relay, and a refused one.
+    let (code, out) = readbackd(&[
+        "email",
+        "test",
+        "--config",
+        config,
+        "--to",
+        "oncall@hospital.example",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let mails = smtp.wait_for(1).await;
+    assert_eq!(mails[0].to, "oncall@hospital.example");
+    assert_eq!(mails[0].subject, "[readback] Test message");
+    let (code, out) = readbackd(&[
+        "email",
+        "test",
+        "--config",
+        config,
+        "--to",
+        "reject-me@hospital.example",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("550"), "{out}");
+
+    // An escalation email the relay refuses: stuck as failed.
+    let daemon = env.start().await;
+    let raised = Http::default()
+        .raise_with(
+            &daemon,
+            &json!({ "recipient": { "userId": "alice" }, "severity": "critical", "title": "stuck", "ackWithin": 100 }),
+        )
+        .await;
+    let id = raised["id"].as_str().unwrap().to_string();
+    let reference = raised["reference"].as_str().unwrap().to_string();
+    env.wait_audit(
+        Audit::action("email.failed")
+            .outcome("failed")
+            .notification(&id),
+        1,
+    )
+    .await;
+    let (code, listed) = readbackd(&["outbox", "list", "--config", config]);
+    assert_eq!(code, Some(0), "{listed}");
+    let line = listed
+        .lines()
+        .find(|l| l.contains("reject-me@hospital.example"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        line.contains("failed") && line.contains(&reference) && line.contains("550"),
+        "{line}"
+    );
+    let (code, listed) = readbackd(&[
+        "outbox", "list", "--json", "--state", "failed", "--config", config,
+    ]);
+    assert_eq!(code, Some(0), "{listed}");
+    let rows: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{listed}");
+    assert_eq!(rows[0]["attempts"], 1);
+    let (_, sent) = readbackd(&[
+        "outbox", "list", "--state", "sent", "--json", "--config", config,
+    ]);
+    assert!(sent.trim().is_empty(), "{sent}");
+
+    // Retried: audited, and the running daemon tries it again.
+    let (code, out) = readbackd_with_env(
+        &["outbox", "retry", "--failed", "--config", config],
+        &[("SUDO_USER", "support-engineer")],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("1 email due now"), "{out}");
+    assert_eq!(
+        env.audit_count(
+            Audit::action("email.retried")
+                .notification(&id)
+                .detail("%reject-me@hospital.example%")
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        env.count(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'email.retried' AND actor_id = $1",
+            "support-engineer"
+        )
+        .await,
+        1
+    );
+    env.wait_audit(
+        Audit::action("email.failed")
+            .outcome("failed")
+            .notification(&id),
+        2,
+    )
+    .await;
+    // Nothing left to retry by number either: a sent or unknown row is refused.
+    let (code, out) = readbackd(&["outbox", "retry", "999999", "--config", config]);
+    assert_eq!(code, Some(1), "{out}");
+
+    // The timeline, by reference and by id.
+    let (code, out) = readbackd(&["timeline", &reference, "--config", config]);
+    assert_eq!(code, Some(0), "{out}");
+    for action in [
+        "notification.raised",
+        "notification.escalated",
+        "email.failed",
+        "email.retried",
+    ] {
+        assert!(out.contains(action), "{action} missing: {out}");
+    }
+    let (code, out) = readbackd(&["timeline", &id, "--json", "--config", config]);
+    assert_eq!(code, Some(0), "{out}");
+    let timeline: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(timeline["reference"], json!(reference));
+    let stored = env
+        .count(
+            "SELECT COUNT(*) FROM audit_log WHERE notification_id = $1",
+            &id,
+        )
+        .await;
+    assert_eq!(timeline["events"].as_array().unwrap().len() as i64, stored);
+    let (code, out) = readbackd(&["timeline", "RB-999999", "--config", config]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("not found"), "{out}");
+    assert!(daemon.terminate().await.success());
 }

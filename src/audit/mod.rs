@@ -47,6 +47,7 @@ pub enum Action {
     EmailSent,
     EmailFailed,
     EmailSkipped,
+    EmailRetried,
     AuditQueried,
     EscalationRecipientOffline,
     ConnectionReplaced,
@@ -56,7 +57,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 26] = [
+    pub const ALL: [Action; 27] = [
         Action::NotificationRaised,
         Action::NotificationDelivered,
         Action::NotificationReplayed,
@@ -77,6 +78,7 @@ impl Action {
         Action::EmailSent,
         Action::EmailFailed,
         Action::EmailSkipped,
+        Action::EmailRetried,
         Action::AuditQueried,
         Action::EscalationRecipientOffline,
         Action::ConnectionReplaced,
@@ -111,6 +113,7 @@ impl Action {
             Action::EmailSent => "email.sent",
             Action::EmailFailed => "email.failed",
             Action::EmailSkipped => "email.skipped",
+            Action::EmailRetried => "email.retried",
             Action::AuditQueried => "audit.queried",
             Action::EscalationRecipientOffline => "escalation.recipient_offline",
             Action::ConnectionReplaced => "connection.replaced",

@@ -114,17 +114,52 @@ impl Mailer {
     /// server has answered the message's DATA: the connection stays in
     /// lettre's pool, so no QUIT round trip follows the `250`.
     async fn send(&mut self, email: &OutboxEmail) -> Attempt {
-        let to: Mailbox = match email.address.parse() {
+        self.deliver(
+            &email.address,
+            &email.subject,
+            email.body.clone(),
+            Some(email.message_id.clone()),
+        )
+        .await
+    }
+
+    /// Sends one message now, outside the outbox (`readbackd email test`):
+    /// proves the relay, its TLS and credentials, and an address, before a
+    /// critical finding needs them. `Err` carries the server's refusal or
+    /// the transport's error, and whether trying again later may succeed.
+    pub async fn send_test(
+        &mut self,
+        to: &str,
+        subject: &str,
+        body: String,
+    ) -> Result<(), (String, bool)> {
+        match self.deliver(to, subject, body, None).await {
+            Attempt::Sent => Ok(()),
+            Attempt::Transient(error) => Err((error, true)),
+            Attempt::Permanent(error) => Err((error, false)),
+        }
+    }
+
+    /// One message, at most `smtp.timeout` long; without a `Message-ID`,
+    /// lettre makes one.
+    async fn deliver(
+        &mut self,
+        address: &str,
+        subject: &str,
+        body: String,
+        message_id: Option<String>,
+    ) -> Attempt {
+        let to: Mailbox = match address.parse() {
             Ok(to) => to,
             Err(e) => return Attempt::Permanent(format!("bad address: {e}")),
         };
         let message = match Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(&email.subject)
-            .message_id(Some(email.message_id.clone()))
+            .subject(subject)
+            .message_id(message_id)
             .header(ContentType::TEXT_PLAIN)
-            .body(email.body.clone())
+            .body(body)
         {
             Ok(message) => message,
             Err(e) => return Attempt::Permanent(format!("cannot build the message: {e}")),

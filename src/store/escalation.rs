@@ -391,3 +391,100 @@ pub async fn outbox_summary(
             .map(Timestamp::from_millis),
     ))
 }
+
+/// One outbox row as an operator looks at it (`readbackd outbox list`).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub notification_id: String,
+    /// readback's reference of the notification (`RB-…`), when it exists.
+    pub reference: Option<String>,
+    pub level: u32,
+    pub address: String,
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt_at: Timestamp,
+    pub created_at: Timestamp,
+    pub last_error: Option<String>,
+}
+
+/// Outbox rows in the given states (all rows when `states` is empty),
+/// oldest first, at most `limit`.
+pub async fn outbox_rows(
+    conn: &mut AnyConnection,
+    states: &[&str],
+    limit: i64,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let filter = if states.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE o.state IN ({})", placeholders(2, states.len()))
+    };
+    let mut query = sqlx::query(AssertSqlSafe(format!(
+        "SELECT o.seq, o.notification_id, n.seq AS reference, o.level, o.address, o.state, o.attempts, \
+         o.next_attempt_at, o.created_at, o.last_error \
+         FROM email_outbox o LEFT JOIN notifications n ON n.id = o.notification_id \
+         {filter} ORDER BY o.seq LIMIT $1"
+    )))
+    .bind(limit);
+    for state in states {
+        query = query.bind(*state);
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(OutboxRow {
+                seq: row.try_get("seq")?,
+                notification_id: row.try_get("notification_id")?,
+                reference: row
+                    .try_get::<Option<i64>, _>("reference")?
+                    .map(|seq| crate::notifications::Reference(seq).to_string()),
+                level: row.try_get::<i64, _>("level")? as u32,
+                address: row.try_get("address")?,
+                state: row.try_get("state")?,
+                attempts: row.try_get::<i64, _>("attempts")? as u32,
+                next_attempt_at: Timestamp::from_millis(row.try_get("next_attempt_at")?),
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                last_error: row.try_get("last_error")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
+
+/// Makes failed or waiting emails due now with a fresh count of attempts:
+/// the rows named by `seqs`, or every `failed` one when `seqs` is empty.
+/// Rows sent, skipped or being sent are left alone. Returns the rows
+/// changed.
+pub async fn retry_emails(
+    conn: &mut AnyConnection,
+    seqs: &[i64],
+    now: Timestamp,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let which = if seqs.is_empty() {
+        "state = 'failed'".to_string()
+    } else {
+        format!(
+            "state IN ('failed', 'pending') AND seq IN ({})",
+            placeholders(2, seqs.len())
+        )
+    };
+    let mut query = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE email_outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, lease_until = NULL \
+         WHERE {which} RETURNING seq"
+    )))
+    .bind(now.as_millis());
+    for seq in seqs {
+        query = query.bind(*seq);
+    }
+    let changed: Vec<i64> = query
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| row.try_get("seq"))
+        .collect::<Result<_, _>>()?;
+    let mut rows = outbox_rows(conn, &["pending"], i64::MAX).await?;
+    rows.retain(|row| changed.contains(&row.seq));
+    Ok(rows)
+}

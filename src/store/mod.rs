@@ -55,11 +55,35 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot open database: {0}")]
     Open(String),
+    /// The schema is not the one this binary was built for (never
+    /// migrated, behind, or ahead): a command that only reads refuses
+    /// rather than migrating.
+    #[error("{0}")]
+    Schema(String),
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (rather than refused
+    /// what was asked): worth retrying later.
+    pub fn is_unavailable(&self) -> bool {
+        use sqlx::migrate::MigrateError;
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Migrate(
+                MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _),
+            ) => is_unreachable(e),
+            _ => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        let error = classify(error);
+        let error = if is_unreachable(&error) {
+            StoreError::Unavailable(error)
+        } else {
+            StoreError::Query(error)
+        };
         crate::metrics::database_error(match error {
             StoreError::Unavailable(_) => "unavailable",
             _ => "query",
@@ -68,28 +92,24 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Unavailable (callers answer 503) or not.
-fn classify(error: sqlx::Error) -> StoreError {
+/// Whether an error means the database cannot be reached right now.
+fn is_unreachable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
-        sqlx::Error::Database(ref db)
-            if db.code().is_some_and(|c| {
-                // PostgreSQL: connection exceptions (08), no room for
-                // another connection (53), shutting down (57P);
-                // SQLite: busy or locked beyond the busy timeout.
-                c.starts_with("08")
-                    || c.starts_with("53")
-                    || c.starts_with("57P")
-                    || matches!(c.as_ref(), "5" | "6")
-            }) =>
-        {
-            StoreError::Unavailable(error)
-        }
-        other => StoreError::Query(other),
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL: connection exceptions (08), no room for another
+        // connection (53), shutting down (57P); SQLite: busy or locked
+        // beyond the busy timeout, or the file cannot be opened.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08")
+                || c.starts_with("53")
+                || c.starts_with("57P")
+                || matches!(c.as_ref(), "5" | "6" | "14")
+        }),
+        _ => false,
     }
 }
 
@@ -112,6 +132,8 @@ macro_rules! migration {
     };
 }
 
+/// The embedded migrations, oldest first; the last one's version is the
+/// schema this binary reads and writes.
 const MIGRATIONS: &[Embedded] = &[
     migration!(1, "core", "0001_core.sql"),
     migration!(2, "sessions", "0002_sessions.sql"),
@@ -162,6 +184,61 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Opens a pool on a database that must already exist: for SQLite,
+    /// neither the file nor its directory is created (a mistyped path is
+    /// refused instead of leaving an empty database behind).
+    pub async fn connect_existing(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        let mut config = config.clone();
+        if config.url.starts_with("sqlite:") && !config.url.contains("mode=") {
+            let separator = if config.url.contains('?') { '&' } else { '?' };
+            config.url = format!("{}{separator}mode=rw", config.url);
+        }
+        Self::connect(&config).await
+    }
+
+    /// Checks, without changing anything, that the schema is exactly the
+    /// one this binary was built for: every embedded migration applied and
+    /// none unknown to it. For commands that only read, which must never
+    /// migrate (they may run against a replica, a restored copy, or a
+    /// database a newer readbackd serves).
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let exists = match self.backend {
+            Backend::Sqlite => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
+            }
+            Backend::Postgres => {
+                "SELECT COUNT(*) FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'"
+            }
+        };
+        let tables: i64 = sqlx::query_scalar(exists).fetch_one(&self.pool).await?;
+        let current = MIGRATIONS.last().map_or(0, |m| m.version);
+        let migrate = "run `readbackd migrate` (or start `readbackd serve`, which migrates) first";
+        if tables == 0 {
+            return Err(StoreError::Schema(format!(
+                "the database has no readback schema (never migrated); {migrate}"
+            )));
+        }
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success = TRUE ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        if let Some(&newer) = applied.iter().find(|v| **v > current) {
+            return Err(StoreError::Schema(format!(
+                "the database schema has migration {newer}, newer than this readbackd knows \
+                 (it reads schema {current}): use the readbackd that migrated it"
+            )));
+        }
+        if let Some(missing) = MIGRATIONS.iter().find(|m| !applied.contains(&m.version)) {
+            return Err(StoreError::Schema(format!(
+                "the database schema lacks migration {} ({}), this readbackd reads schema {current}; {migrate}",
+                missing.version, missing.description
+            )));
+        }
+        Ok(())
     }
 
     /// Applies the embedded migrations that have not run yet.
@@ -237,6 +314,7 @@ fn sqlite_url(url: &str) -> Result<String, StoreError> {
         .unwrap_or(url);
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     if path != ":memory:"
+        && !query.contains("mode=")
         && let Some(dir) = std::path::Path::new(path).parent()
         && !dir.as_os_str().is_empty()
     {

@@ -124,7 +124,7 @@ async fn escalation_email_names_no_caller_id_and_takes_no_injected_lines(db: Db)
         .replace("readback={reference}", "n={id}");
     std::fs::write(&path, text).expect("write");
     let (code, out) = readbackd(&["check-config", "--config", path.to_str().expect("utf-8")]);
-    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(code, Some(78), "{out}");
     assert!(out.contains("escalation.link_template"), "{out}");
 }
 

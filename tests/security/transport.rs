@@ -53,7 +53,7 @@ async fn plaintext_links_are_refused_unless_allowed(db: Db) {
         } else {
             check_config(db, refused).await
         };
-        assert_eq!(code, Some(1), "{key} must be refused: {out}");
+        assert_eq!(code, Some(78), "{key} must be refused: {out}");
         assert!(
             out.contains(key) && out.contains("unencrypted"),
             "the refusal names {key}: {out}"
@@ -137,7 +137,11 @@ async fn postgres_tls_verifies_the_server(db: Db) {
     // this host does not trust, so the connection is refused (libpq's
     // `require` would have encrypted to anyone who answered).
     let (code, out) = check(format!("{plain}?sslmode=require"));
-    assert_eq!(code, Some(1), "an unverified server must be refused: {out}");
+    assert_eq!(
+        code,
+        Some(69),
+        "an unverified server must be refused: {out}"
+    );
 
     // Trusting the CA is not enough: the certificate must name the host
     // connected to (127.0.0.2 is the same server, not the certificate's name).
@@ -145,7 +149,7 @@ async fn postgres_tls_verifies_the_server(db: Db) {
     let (code, out) = check(format!("{other_name}?sslmode=verify-ca&sslrootcert={ca}"));
     assert_eq!(
         code,
-        Some(1),
+        Some(69),
         "a server with another name must be refused: {out}"
     );
 
