@@ -30,6 +30,13 @@ pub struct Metrics {
     pub jwks_keys: Gauge,
     connections_refused: Family<Labels, Counter>,
     rate_limited: Family<Labels, Counter>,
+    /// Calendar jobs ([schedule]): runs by job and outcome, last success.
+    job_runs: Family<Labels, Counter>,
+    job_last_success: Family<Labels, Gauge>,
+    /// The last `audit_verify` run: when the chain last verified, and
+    /// whether the last run found it intact. Absent until one ran.
+    audit_chain_verified: Family<Labels, Gauge>,
+    audit_chain_valid: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -113,8 +120,36 @@ impl Default for Metrics {
             "Socket.IO sockets connected to this daemon",
             connected_sockets.clone(),
         );
+        let job_runs = Family::<Labels, Counter>::default();
+        registry.register(
+            "job_runs",
+            "Runs of the calendar jobs ([schedule]) by this daemon, by job and outcome (ok, failed)",
+            job_runs.clone(),
+        );
+        let job_last_success = Family::<Labels, Gauge>::default();
+        registry.register(
+            "job_last_success_timestamp_seconds",
+            "When each calendar job last succeeded (on any daemon of the database), unix seconds",
+            job_last_success.clone(),
+        );
+        let audit_chain_verified = Family::<Labels, Gauge>::default();
+        registry.register(
+            "audit_chain_verified_timestamp_seconds",
+            "When the scheduled audit verify last found the chain intact, unix seconds",
+            audit_chain_verified.clone(),
+        );
+        let audit_chain_valid = Family::<Labels, Gauge>::default();
+        registry.register(
+            "audit_chain_valid",
+            "1 when the last scheduled audit verify found the chain intact, 0 when it found tampering or could not finish",
+            audit_chain_valid.clone(),
+        );
         Self {
             registry,
+            job_runs,
+            job_last_success,
+            audit_chain_verified,
+            audit_chain_valid,
             raised,
             delivered,
             acknowledged,
@@ -175,6 +210,32 @@ impl Metrics {
         self.rate_limited
             .get_or_create(&vec![("limit", limit)])
             .inc();
+    }
+
+    /// A calendar job's run by this daemon ended (`ok` or `failed`).
+    pub fn job_ran(&self, job: &'static str, outcome: &'static str) {
+        self.job_runs
+            .get_or_create(&vec![("job", job), ("outcome", outcome)])
+            .inc();
+    }
+
+    /// `job` last succeeded at `unix_seconds`.
+    pub fn job_succeeded_at(&self, job: &'static str, unix_seconds: i64) {
+        self.job_last_success
+            .get_or_create(&vec![("job", job)])
+            .set(unix_seconds);
+    }
+
+    /// The outcome of an audit chain verification: intact (and when), or not.
+    pub fn audit_chain_checked(&self, valid: bool, unix_seconds: i64) {
+        if valid {
+            self.audit_chain_verified
+                .get_or_create(&vec![])
+                .set(unix_seconds);
+        }
+        self.audit_chain_valid
+            .get_or_create(&vec![])
+            .set(i64::from(valid));
     }
 
     /// The text exposition format.

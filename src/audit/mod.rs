@@ -53,10 +53,11 @@ pub enum Action {
     NotificationRead,
     AuditExported,
     ReplaySent,
+    JobRan,
 }
 
 impl Action {
-    pub const ALL: [Action; 26] = [
+    pub const ALL: [Action; 27] = [
         Action::NotificationRaised,
         Action::NotificationDelivered,
         Action::NotificationReplayed,
@@ -83,6 +84,7 @@ impl Action {
         Action::NotificationRead,
         Action::AuditExported,
         Action::ReplaySent,
+        Action::JobRan,
     ];
 
     pub fn parse(text: &str) -> Option<Action> {
@@ -117,6 +119,7 @@ impl Action {
             Action::NotificationRead => "notification.read",
             Action::AuditExported => "audit.exported",
             Action::ReplaySent => "replay.sent",
+            Action::JobRan => "job.ran",
         }
     }
 }
