@@ -563,3 +563,39 @@ fn base64_decode(text: &str, out: &mut Vec<u8>) {
         }
     }
 }
+
+#[test]
+fn check_config_refuses_a_bad_zone_cron_or_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("readback.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\n\n[schedule]\ntimezone = \"Mars/Olympus\"\n\n\
+             [schedule.audit_verify]\ncron = \"30 2 * * *\"\n\n\
+             [schedule.digest]\nmax_age = \"1d\"\nrecipients = [\"not-an-address\"]\n"
+        ),
+    )
+    .unwrap();
+    let (code, output) = readbackd(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{output}");
+    for expected in [
+        "schedule.timezone: `Mars/Olympus`",
+        "schedule.audit_verify.cron: `30 2 * * *`",
+        "schedule.digest.max_age: only for schedule.retention",
+        "schedule.digest.recipients: `not-an-address`",
+        "schedule.digest.recipients: set smtp.url",
+    ] {
+        assert!(output.contains(expected), "{expected}: {output}");
+    }
+    std::fs::write(
+        &path,
+        format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\n\n[schedule]\ntimezone = \"Europe/Berlin\"\n\n\
+             [schedule.audit_verify]\ncron = \"0 30 2 * * *\"\n"
+        ),
+    )
+    .unwrap();
+    let (code, output) = readbackd(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{output}");
+}

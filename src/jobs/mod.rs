@@ -185,7 +185,9 @@ async fn register(
 
 /// The latest occurrence of `cron` in `tz` at or before `now`.
 pub fn latest_slot(cron: &croner::Cron, tz: Tz, now: Timestamp) -> Option<Timestamp> {
-    let now: DateTime<Tz> = DateTime::from_timestamp_millis(now.as_millis())?.with_timezone(&tz);
+    // Whole seconds: croner keeps the fraction of the time it starts from.
+    let now: DateTime<Tz> =
+        DateTime::from_timestamp(now.as_millis().div_euclid(1000), 0)?.with_timezone(&tz);
     cron.find_previous_occurrence(&now, true)
         .ok()
         .map(|at| Timestamp::from_millis(at.timestamp_millis()))
