@@ -34,9 +34,9 @@ pub struct Metrics {
     job_runs: Family<Labels, Counter>,
     job_last_success: Family<Labels, Gauge>,
     /// The last `audit_verify` run: when the chain last verified, and
-    /// whether the last run found it intact. Absent until one ran.
-    audit_chain_verified: Family<Labels, Gauge>,
-    audit_chain_valid: Family<Labels, Gauge>,
+    /// whether the last run found it intact; both 0 until one ran.
+    audit_chain_verified: Gauge,
+    audit_chain_valid: Gauge,
 }
 
 impl Default for Metrics {
@@ -132,16 +132,16 @@ impl Default for Metrics {
             "When each calendar job last succeeded (on any daemon of the database), unix seconds",
             job_last_success.clone(),
         );
-        let audit_chain_verified = Family::<Labels, Gauge>::default();
+        let audit_chain_verified = Gauge::default();
         registry.register(
             "audit_chain_verified_timestamp_seconds",
             "When the scheduled audit verify last found the chain intact, unix seconds",
             audit_chain_verified.clone(),
         );
-        let audit_chain_valid = Family::<Labels, Gauge>::default();
+        let audit_chain_valid = Gauge::default();
         registry.register(
             "audit_chain_valid",
-            "1 when the last scheduled audit verify found the chain intact, 0 when it found tampering or could not finish",
+            "1 when the last scheduled audit verify found the chain intact, 0 when it found tampering (or none has run yet)",
             audit_chain_valid.clone(),
         );
         Self {
@@ -229,13 +229,9 @@ impl Metrics {
     /// The outcome of an audit chain verification: intact (and when), or not.
     pub fn audit_chain_checked(&self, valid: bool, unix_seconds: i64) {
         if valid {
-            self.audit_chain_verified
-                .get_or_create(&vec![])
-                .set(unix_seconds);
+            self.audit_chain_verified.set(unix_seconds);
         }
-        self.audit_chain_valid
-            .get_or_create(&vec![])
-            .set(i64::from(valid));
+        self.audit_chain_valid.set(i64::from(valid));
     }
 
     /// The text exposition format.

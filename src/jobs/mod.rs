@@ -204,11 +204,13 @@ impl Jobs {
                 self.metrics
                     .job_succeeded_at(job.name(), at.as_millis() / 1000);
             }
-            if job == Job::AuditVerify
-                && let Some(outcome) = latest
-            {
-                let at = last_ok.map_or(0, |t| t.as_millis() / 1000);
-                self.metrics.audit_chain_checked(outcome == "ok", at);
+            if job == Job::AuditVerify {
+                if let Some(at) = last_ok {
+                    self.metrics.audit_chain_checked(true, at.as_millis() / 1000);
+                }
+                if latest.as_deref() == Some("failed") {
+                    self.metrics.audit_chain_checked(false, 0);
+                }
             }
         }
         Ok(())
