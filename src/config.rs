@@ -975,7 +975,9 @@ impl ScheduleConfig {
                 ));
             }
             if config.max_age.is_some() && job != Job::Retention {
-                problems.push(format!("schedule.{name}.max_age: only for schedule.retention"));
+                problems.push(format!(
+                    "schedule.{name}.max_age: only for schedule.retention"
+                ));
             }
             if config.period.is_some() && job != Job::ComplianceReport {
                 problems.push(format!(

@@ -129,7 +129,8 @@ async fn audit_verify_is_audited_measured_and_emails_a_failure(db: Db) {
         http.raise(&daemon, json!({ "userId": "alice" }), &format!("n{i}"))
             .await;
     }
-    env.wait_audit(runs_of("audit_verify").outcome("ok"), 1).await;
+    env.wait_audit(runs_of("audit_verify").outcome("ok"), 1)
+        .await;
     let started = now_secs() as f64;
     wait_sample(&daemon, "readback_audit_chain_valid", |v| v == 1.0).await;
     let verified = wait_sample(
@@ -151,11 +152,18 @@ async fn audit_verify_is_audited_measured_and_emails_a_failure(db: Db) {
         |v| v > 0.0,
     )
     .await;
-    assert!(smtp.mails().is_empty(), "no email while the chain is intact");
+    assert!(
+        smtp.mails().is_empty(),
+        "no email while the chain is intact"
+    );
 
     // Someone with database access edits the first row.
     drop_audit_guards(&env).await;
-    sql(&env, "UPDATE audit_log SET actor_id = 'mallory' WHERE seq = 1").await;
+    sql(
+        &env,
+        "UPDATE audit_log SET actor_id = 'mallory' WHERE seq = 1",
+    )
+    .await;
     env.wait_audit(runs_of("audit_verify").outcome("failed"), 1)
         .await;
     wait_sample(&daemon, "readback_audit_chain_valid", |v| v == 0.0).await;
@@ -204,10 +212,7 @@ async fn a_missed_slot_runs_once_after_start(db: Db) {
     );
     // Once: the next slot is a minute away, nothing else runs.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        env.audit_count(runs_of("audit_verify")).await,
-        before + 1
-    );
+    assert_eq!(env.audit_count(runs_of("audit_verify")).await, before + 1);
     daemon.terminate().await;
     // A fresh database has nothing to catch up on.
     let fresh = TestEnv::new(db).await;
@@ -304,7 +309,10 @@ async fn a_job_running_at_sigterm_finishes(db: Db) {
         )
         .await;
     assert!(rows >= 1);
-    assert_eq!(env.audit_count(runs_of("smtp_test").outcome("ok")).await, rows);
+    assert_eq!(
+        env.audit_count(runs_of("smtp_test").outcome("ok")).await,
+        rows
+    );
     assert_eq!(smtp.wait_for(rows as usize).await.len() as i64, rows);
 }
 
@@ -408,7 +416,9 @@ async fn retention_purges_settled_rows_and_never_the_audit_log(db: Db) {
         ),
     )
     .await;
-    let audit_rows = env.count("SELECT COUNT(*) FROM audit_log WHERE $1 = $1", "x").await;
+    let audit_rows = env
+        .count("SELECT COUNT(*) FROM audit_log WHERE $1 = $1", "x")
+        .await;
     env.wait_count(
         "SELECT COUNT(*) FROM audit_log WHERE action = 'job.ran' AND outcome = 'ok' \
          AND detail LIKE $1",
@@ -512,7 +522,11 @@ async fn the_emails_reach_their_recipients(db: Db) {
     let report = to("quality@");
     assert!(report.subject.contains("weekly compliance report"));
     assert!(report.raw.contains("text/csv"), "{}", report.raw);
-    assert!(report.raw.contains("readback-compliance-"), "{}", report.raw);
+    assert!(
+        report.raw.contains("readback-compliance-"),
+        "{}",
+        report.raw
+    );
     let csv = attachment(&report.raw);
     assert!(
         csv.starts_with("from,to,severity,count,acknowledged,acknowledgedWithinDeadline"),
@@ -521,7 +535,10 @@ async fn the_emails_reach_their_recipients(db: Db) {
     assert!(csv.contains(",actionable,1,0,0,"), "{csv}");
     assert!(csv.contains(",critical,1,0,0,"), "{csv}");
     for job in ["smtp_test", "digest", "compliance_report"] {
-        assert!(env.audit_count(runs_of(job).outcome("ok")).await >= 1, "{job}");
+        assert!(
+            env.audit_count(runs_of(job).outcome("ok")).await >= 1,
+            "{job}"
+        );
     }
 }
 

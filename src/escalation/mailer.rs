@@ -143,9 +143,7 @@ impl Mailer {
         attachment: Option<(&str, &str, Vec<u8>)>,
     ) -> Result<(), String> {
         use lettre::message::{Attachment, MultiPart, SinglePart};
-        let mut builder = Message::builder()
-            .from(self.from.clone())
-            .subject(subject);
+        let mut builder = Message::builder().from(self.from.clone()).subject(subject);
         for address in to {
             let to: Mailbox = address
                 .parse()

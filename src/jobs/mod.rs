@@ -110,7 +110,10 @@ pub async fn start(
                 _ = shutdown.cancelled() => break,
                 _ = check.tick() => {}
             }
-            if let Err(e) = jobs_for_watch.retry_expired(&active, &tasks_for_watch).await {
+            if let Err(e) = jobs_for_watch
+                .retry_expired(&active, &tasks_for_watch)
+                .await
+            {
                 tracing::warn!(error = %e, "cannot look for calendar jobs to retry");
             }
             let now = current_offset(tz);
@@ -144,8 +147,11 @@ pub async fn start(
 }
 
 fn current_offset(tz: Tz) -> i32 {
-    DateTime::from_timestamp_millis(Timestamp::now().as_millis())
-        .map_or(0, |now| tz.offset_from_utc_datetime(&now.naive_utc()).fix().local_minus_utc())
+    DateTime::from_timestamp_millis(Timestamp::now().as_millis()).map_or(0, |now| {
+        tz.offset_from_utc_datetime(&now.naive_utc())
+            .fix()
+            .local_minus_utc()
+    })
 }
 
 /// Adds each job to the scheduler: a firing works out its slot and runs
@@ -206,7 +212,8 @@ impl Jobs {
             }
             if job == Job::AuditVerify {
                 if let Some(at) = last_ok {
-                    self.metrics.audit_chain_checked(true, at.as_millis() / 1000);
+                    self.metrics
+                        .audit_chain_checked(true, at.as_millis() / 1000);
                 }
                 if latest.as_deref() == Some("failed") {
                     self.metrics.audit_chain_checked(false, 0);

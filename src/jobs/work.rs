@@ -114,7 +114,8 @@ async fn retention(jobs: &Jobs) -> Outcome {
         Ok::<_, crate::store::StoreError>(purged)
     }
     .await;
-    let cutoff = json!({ "before": before, "maxAge": humantime::format_duration(max_age).to_string() });
+    let cutoff =
+        json!({ "before": before, "maxAge": humantime::format_duration(max_age).to_string() });
     match purged {
         Ok(p) => ok(json!({
             "before": before,

@@ -97,7 +97,9 @@ pub async fn latest_slot(
         .bind(job)
         .fetch_one(&mut *conn)
         .await?;
-    Ok(row.try_get::<Option<i64>, _>(0)?.map(Timestamp::from_millis))
+    Ok(row
+        .try_get::<Option<i64>, _>(0)?
+        .map(Timestamp::from_millis))
 }
 
 /// When `job` last finished `ok`, and how its latest finished run ended.
@@ -105,14 +107,13 @@ pub async fn last_outcomes(
     conn: &mut AnyConnection,
     job: &str,
 ) -> Result<(Option<Timestamp>, Option<String>), StoreError> {
-    let last_ok = sqlx::query(
-        "SELECT MAX(finished_at) FROM job_runs WHERE job = $1 AND outcome = 'ok'",
-    )
-    .bind(job)
-    .fetch_one(&mut *conn)
-    .await?
-    .try_get::<Option<i64>, _>(0)?
-    .map(Timestamp::from_millis);
+    let last_ok =
+        sqlx::query("SELECT MAX(finished_at) FROM job_runs WHERE job = $1 AND outcome = 'ok'")
+            .bind(job)
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get::<Option<i64>, _>(0)?
+            .map(Timestamp::from_millis);
     let latest = sqlx::query(
         "SELECT outcome FROM job_runs WHERE job = $1 AND finished_at IS NOT NULL \
          ORDER BY finished_at DESC LIMIT 1",
