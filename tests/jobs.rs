@@ -103,13 +103,6 @@ async fn drop_audit_guards(env: &TestEnv) {
     }
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 async fn audit_verify_is_audited_measured_and_emails_a_failure(db: Db) {
     let smtp = SmtpServer::start().await;
     let env = TestEnv::with_config(
