@@ -27,6 +27,7 @@ layer or below, never above:
   3 service   the error type, the services (notifications, sessions,
               escalation, the outbox sender, audit review), the scheduler,
               the figures read from the database for the metrics (monitoring.rs),
+              the calendar jobs (jobs/),
               the systemd supervisor, the JWKS fetcher, socketioxide behind the hub
               (realtime/socketio.rs) and realtime/{mod,topics,messages}.rs
   4 edge      http/*, realtime/handlers.rs, the shared handler state, signals
@@ -50,7 +51,7 @@ LAYERS = {
     "store/": 2,
     "error.rs": 3, "notifications/service.rs": 3, "sessions/service.rs": 3,
     "escalation/service.rs": 3, "escalation/mailer.rs": 3,
-    "audit/review.rs": 3, "audit/refusals.rs": 3, "audit/reads.rs": 3, "audit/window.rs": 3, "scheduler.rs": 3, "supervisor.rs": 3,
+    "audit/review.rs": 3, "audit/refusals.rs": 3, "audit/reads.rs": 3, "audit/window.rs": 3, "scheduler.rs": 3, "jobs/": 3, "supervisor.rs": 3,
     "monitoring.rs": 3,
     "jwks.rs": 3,
     "realtime/mod.rs": 3, "realtime/socketio.rs": 3, "realtime/topics.rs": 3, "realtime/messages.rs": 3,

@@ -56,6 +56,8 @@ pub struct Application {
     router: axum::Router,
     state: AppState,
     mailer: Option<Mailer>,
+    /// The calendar jobs' own transport to the same SMTP server.
+    jobs_mailer: Option<Mailer>,
     /// Rung by the escalation pass, heard by the outbox sender.
     outbox_wake: Arc<tokio::sync::Notify>,
     /// The scheduler's proof of life, read by the watchdog.
@@ -109,6 +111,7 @@ impl Application {
             crate::clock::Timestamp::now().as_millis(),
         ));
         let mailer = Mailer::from_config(&config.smtp).map_err(StartError::Smtp)?;
+        let jobs_mailer = Mailer::from_config(&config.smtp).map_err(StartError::Smtp)?;
         let max_message = config.server.max_socket_message_bytes;
         let sockets = SocketIo::builder()
             // One limit on every transport: a long-polling body and a
@@ -255,6 +258,7 @@ impl Application {
             router,
             state,
             mailer,
+            jobs_mailer,
             outbox_wake,
             scheduler_heartbeat,
             tasks,
@@ -322,6 +326,20 @@ impl Application {
             self.mailer,
             shutdown.clone(),
         );
+        let jobs = crate::jobs::Jobs {
+            config: state.config.clone(),
+            store: state.store.clone(),
+            metrics: state.metrics.clone(),
+            mailer: self
+                .jobs_mailer
+                .map(|m| Arc::new(tokio::sync::Mutex::new(m))),
+            instance: ulid::Ulid::new().to_string(),
+        };
+        // A job scheduler that cannot start must not keep findings from
+        // being delivered and escalated: the daemon serves on, and says so.
+        if let Err(e) = crate::jobs::start(jobs, &tasks, shutdown.clone()).await {
+            tracing::error!(error = %e, "calendar jobs ([schedule]) not started");
+        }
         let supervisor = crate::supervisor::spawn(
             &tasks,
             state.hub.clone(),

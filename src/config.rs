@@ -48,6 +48,8 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
 }
 
 /// Rate limits per identity: each is a burst that may be used at once, then
@@ -777,6 +779,230 @@ fn default_max_lifetime() -> Duration {
     Duration::from_secs(12 * 3600)
 }
 
+/// `[schedule]`: the calendar jobs. Each job fires on a cron expression
+/// (with seconds: `sec min hour day-of-month month day-of-week`) read in
+/// `timezone`, an IANA zone name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    #[serde(default = "default_schedule_timezone")]
+    pub timezone: String,
+    /// How long a daemon holds a firing it claimed: one that dies mid-job
+    /// has its firing retried (at the next start-up, or by another daemon's
+    /// catch-up) once this has passed.
+    #[serde(default = "default_schedule_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    #[serde(default)]
+    pub audit_verify: JobConfig,
+    #[serde(default)]
+    pub retention: JobConfig,
+    #[serde(default)]
+    pub smtp_test: JobConfig,
+    #[serde(default)]
+    pub digest: JobConfig,
+    #[serde(default)]
+    pub compliance_report: JobConfig,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            timezone: default_schedule_timezone(),
+            lease: default_schedule_lease(),
+            audit_verify: JobConfig::default(),
+            retention: JobConfig::default(),
+            smtp_test: JobConfig::default(),
+            digest: JobConfig::default(),
+            compliance_report: JobConfig::default(),
+        }
+    }
+}
+
+fn default_schedule_timezone() -> String {
+    "UTC".into()
+}
+fn default_schedule_lease() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// One job's table. Keys a job does not use are refused by validation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Unset: the job's default ([`Job::default_cron`]).
+    pub cron: Option<String>,
+    /// Unset: on (a job that emails runs only with `recipients`).
+    pub enabled: Option<bool>,
+    /// Who gets the job's email (for `audit_verify`: a failure only).
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// `retention`: rows settled longer ago than this are deleted.
+    #[serde(default, with = "humantime_serde::option")]
+    pub max_age: Option<Duration>,
+    /// `compliance_report`: `week` or `month`, the period before the firing
+    /// that the report covers.
+    pub period: Option<ReportPeriod>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportPeriod {
+    Week,
+    Month,
+}
+
+/// The calendar jobs readbackd knows. The name is the `[schedule.<name>]`
+/// table, the metrics' `job` label and the `job.ran` audit rows' `job`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    AuditVerify,
+    Retention,
+    SmtpTest,
+    Digest,
+    ComplianceReport,
+}
+
+impl Job {
+    pub const ALL: [Job; 5] = [
+        Job::AuditVerify,
+        Job::Retention,
+        Job::SmtpTest,
+        Job::Digest,
+        Job::ComplianceReport,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::AuditVerify => "audit_verify",
+            Job::Retention => "retention",
+            Job::SmtpTest => "smtp_test",
+            Job::Digest => "digest",
+            Job::ComplianceReport => "compliance_report",
+        }
+    }
+
+    /// Nightly checks at night, emails people read in the morning.
+    pub fn default_cron(self) -> &'static str {
+        match self {
+            Job::AuditVerify => "0 30 2 * * *",
+            Job::Retention => "0 0 3 * * *",
+            Job::SmtpTest => "0 0 9 * * Mon",
+            Job::Digest => "0 0 7 * * *",
+            Job::ComplianceReport => "0 0 6 1 * *",
+        }
+    }
+
+    /// Whether the job does anything without recipients.
+    fn needs_recipients(self) -> bool {
+        !matches!(self, Job::AuditVerify | Job::Retention)
+    }
+}
+
+/// Default of `schedule.retention.max_age`.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(180 * 24 * 3600);
+
+impl ScheduleConfig {
+    pub fn job(&self, job: Job) -> &JobConfig {
+        match job {
+            Job::AuditVerify => &self.audit_verify,
+            Job::Retention => &self.retention,
+            Job::SmtpTest => &self.smtp_test,
+            Job::Digest => &self.digest,
+            Job::ComplianceReport => &self.compliance_report,
+        }
+    }
+
+    /// The jobs that are to run: enabled, and with recipients where the
+    /// job is an email.
+    pub fn active(&self) -> Vec<Job> {
+        Job::ALL
+            .into_iter()
+            .filter(|&job| {
+                let config = self.job(job);
+                config.enabled != Some(false)
+                    && (!job.needs_recipients() || !config.recipients.is_empty())
+            })
+            .collect()
+    }
+
+    pub fn cron(&self, job: Job) -> &str {
+        self.job(job)
+            .cron
+            .as_deref()
+            .unwrap_or_else(|| job.default_cron())
+    }
+
+    pub fn tz(&self) -> Result<chrono_tz::Tz, String> {
+        self.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
+            format!(
+                "schedule.timezone: `{}` is not an IANA time zone (e.g. Europe/Berlin, UTC)",
+                self.timezone
+            )
+        })
+    }
+
+    pub fn retention_age(&self) -> Duration {
+        self.retention.max_age.unwrap_or(DEFAULT_RETENTION)
+    }
+
+    pub fn report_period(&self) -> ReportPeriod {
+        self.compliance_report.period.unwrap_or(ReportPeriod::Month)
+    }
+
+    fn check(&self, smtp: &SmtpConfig, problems: &mut Vec<String>) {
+        if let Err(e) = self.tz() {
+            problems.push(e);
+        }
+        if self.lease.is_zero() {
+            problems.push("schedule.lease: must be greater than zero".into());
+        }
+        for job in Job::ALL {
+            let name = job.name();
+            let config = self.job(job);
+            if let Err(e) = parse_cron(self.cron(job)) {
+                problems.push(format!("schedule.{name}.cron: {e}"));
+            }
+            for address in &config.recipients {
+                if address.parse::<lettre::Address>().is_err() {
+                    problems.push(format!(
+                        "schedule.{name}.recipients: `{address}` is not an e-mail address"
+                    ));
+                }
+            }
+            if !config.recipients.is_empty() && smtp.url.is_none() {
+                problems.push(format!(
+                    "schedule.{name}.recipients: set smtp.url (and smtp.from) to send them email"
+                ));
+            }
+            if config.max_age.is_some() && job != Job::Retention {
+                problems.push(format!(
+                    "schedule.{name}.max_age: only for schedule.retention"
+                ));
+            }
+            if config.period.is_some() && job != Job::ComplianceReport {
+                problems.push(format!(
+                    "schedule.{name}.period: only for schedule.compliance_report"
+                ));
+            }
+        }
+        if self.retention.max_age.is_some_and(|d| d.is_zero()) {
+            problems.push("schedule.retention.max_age: must be greater than zero".into());
+        }
+    }
+}
+
+/// Parses a cron expression the way the job scheduler reads it: six fields,
+/// seconds first (`0 30 2 * * *` is 02:30:00 every day), day-of-month and
+/// day-of-week both required to match when both are given.
+pub fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expression)
+        .map_err(|e| format!("`{expression}` is not a cron expression with seconds ({e})"))
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerConfig {
@@ -1291,6 +1517,7 @@ impl Config {
                 problems.push("smtp.from: required when smtp.url is set".into());
             }
         }
+        self.schedule.check(&self.smtp, &mut problems);
         if let Some(tls) = &self.server.tls {
             for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
                 if let Err(e) = std::fs::File::open(path) {

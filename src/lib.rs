@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod escalation;
 pub mod http;
+pub mod jobs;
 pub mod jwks;
 pub mod limits;
 pub mod metrics;

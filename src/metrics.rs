@@ -131,6 +131,13 @@ pub struct Metrics {
     oldest_open: Family<Labels, Seconds>,
     outbox_pending: Family<Labels, Gauge>,
     outbox_oldest: Family<Labels, Seconds>,
+    /// Calendar jobs ([schedule]): runs by job and outcome, last success.
+    job_runs: Family<Labels, Counter>,
+    job_last_success: Family<Labels, Gauge>,
+    /// The last `audit_verify` run: when the chain last verified, and
+    /// whether the last run found it intact; both 0 until one ran.
+    audit_chain_verified: Gauge,
+    audit_chain_valid: Gauge,
 }
 
 /// What the database says about open notifications of one severity.
@@ -184,6 +191,10 @@ impl Default for Metrics {
             oldest_open: Family::default(),
             outbox_pending: Family::default(),
             outbox_oldest: Family::default(),
+            job_runs: Family::default(),
+            job_last_success: Family::default(),
+            audit_chain_verified: Gauge::default(),
+            audit_chain_valid: Gauge::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -345,6 +356,28 @@ impl Default for Metrics {
             "Requests, client events and connections refused by a rate limit, by limit",
             m.rate_limited.clone(),
         );
+        // Calendar jobs ([schedule]). The label is `name`, not `job`:
+        // Prometheus keeps `job` for the scrape target.
+        r.register(
+            "job_runs",
+            "Runs of the calendar jobs ([schedule]) by this daemon, by job name and outcome (ok, failed)",
+            m.job_runs.clone(),
+        );
+        r.register(
+            "job_last_success_timestamp_seconds",
+            "When each calendar job last succeeded (on any daemon of the database), unix seconds",
+            m.job_last_success.clone(),
+        );
+        r.register(
+            "audit_chain_verified_timestamp_seconds",
+            "When the scheduled audit verify last found the chain intact, unix seconds",
+            m.audit_chain_verified.clone(),
+        );
+        r.register(
+            "audit_chain_valid",
+            "1 when the last scheduled audit verify found the chain intact, 0 when it found tampering (or none has run yet)",
+            m.audit_chain_valid.clone(),
+        );
         // Every series of a known label set exists from the start, at 0:
         // an alert's `increase` sees its first increment, and a dashboard
         // shows 0 rather than no data.
@@ -380,6 +413,13 @@ impl Default for Metrics {
         }
         for limit in ["raises", "client_events", "audit_queries", "connects"] {
             let _ = metrics.rate_limited.get_or_create(&vec![("limit", limit)]);
+        }
+        for job in crate::config::Job::ALL {
+            for outcome in ["ok", "failed"] {
+                let _ = metrics
+                    .job_runs
+                    .get_or_create(&vec![("name", job.name()), ("outcome", outcome)]);
+            }
         }
         for kind in ["unavailable", "query"] {
             let _ = DATABASE_ERRORS.get_or_create(&vec![("kind", kind)]);
@@ -536,6 +576,28 @@ impl Metrics {
         self.rate_limited
             .get_or_create(&vec![("limit", limit)])
             .inc();
+    }
+
+    /// A calendar job's run by this daemon ended (`ok` or `failed`).
+    pub fn job_ran(&self, job: &'static str, outcome: &'static str) {
+        self.job_runs
+            .get_or_create(&vec![("name", job), ("outcome", outcome)])
+            .inc();
+    }
+
+    /// `job` last succeeded at `unix_seconds`.
+    pub fn job_succeeded_at(&self, job: &'static str, unix_seconds: i64) {
+        self.job_last_success
+            .get_or_create(&vec![("name", job)])
+            .set(unix_seconds);
+    }
+
+    /// The outcome of an audit chain verification: intact (and when), or not.
+    pub fn audit_chain_checked(&self, valid: bool, unix_seconds: i64) {
+        if valid {
+            self.audit_chain_verified.set(unix_seconds);
+        }
+        self.audit_chain_valid.set(i64::from(valid));
     }
 
     /// Every metric in `format`.

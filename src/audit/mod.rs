@@ -54,10 +54,11 @@ pub enum Action {
     NotificationRead,
     AuditExported,
     ReplaySent,
+    JobRan,
 }
 
 impl Action {
-    pub const ALL: [Action; 27] = [
+    pub const ALL: [Action; 28] = [
         Action::NotificationRaised,
         Action::NotificationDelivered,
         Action::NotificationReplayed,
@@ -85,6 +86,7 @@ impl Action {
         Action::NotificationRead,
         Action::AuditExported,
         Action::ReplaySent,
+        Action::JobRan,
     ];
 
     pub fn parse(text: &str) -> Option<Action> {
@@ -120,6 +122,7 @@ impl Action {
             Action::NotificationRead => "notification.read",
             Action::AuditExported => "audit.exported",
             Action::ReplaySent => "replay.sent",
+            Action::JobRan => "job.ran",
         }
     }
 }

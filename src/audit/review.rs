@@ -294,6 +294,48 @@ impl Report {
         })
     }
 
+    /// The rows as RFC 4180 CSV, times in milliseconds.
+    pub fn to_csv(&self) -> Vec<u8> {
+        let mut writer = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::CRLF)
+            .from_writer(Vec::new());
+        let header = [
+            "from",
+            "to",
+            self.group_by.as_str(),
+            "count",
+            "acknowledged",
+            "acknowledgedWithinDeadline",
+            "acknowledgedWithinDeadlinePercent",
+            "medianTimeToAcknowledgeMs",
+            "p90TimeToAcknowledgeMs",
+            "stillOpen",
+            "escalated",
+        ];
+        writer.write_record(header).expect("writing to memory");
+        let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+        for r in &self.rows {
+            writer
+                .write_record([
+                    self.from.to_string(),
+                    self.to.to_string(),
+                    r.group.clone(),
+                    r.count.to_string(),
+                    r.acknowledged.to_string(),
+                    r.within_deadline.to_string(),
+                    percent(r.within_deadline, r.count)
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                    opt(r.median_ms),
+                    opt(r.p90_ms),
+                    r.still_open.to_string(),
+                    r.escalated.to_string(),
+                ])
+                .expect("writing to memory");
+        }
+        writer.into_inner().expect("flushing to memory")
+    }
+
     /// A fixed-width table for the terminal.
     pub fn to_table(&self) -> String {
         let mut out = format!(

@@ -164,6 +164,53 @@ impl Mailer {
             Ok(message) => message,
             Err(e) => return Attempt::Permanent(format!("cannot build the message: {e}")),
         };
+        self.transmit(message).await
+    }
+
+    /// Sends one email that is not an escalation (the calendar jobs'
+    /// reports and tests) to every address in `to`, with an optional
+    /// attachment (file name, content type, bytes). Not through the outbox:
+    /// the job that sends it records the outcome, and runs again on its
+    /// next slot.
+    pub async fn send_now(
+        &mut self,
+        to: &[String],
+        subject: &str,
+        body: String,
+        attachment: Option<(&str, &str, Vec<u8>)>,
+    ) -> Result<(), String> {
+        use lettre::message::{Attachment, MultiPart, SinglePart};
+        let mut builder = Message::builder().from(self.from.clone()).subject(subject);
+        for address in to {
+            let to: Mailbox = address
+                .parse()
+                .map_err(|e| format!("bad address {address}: {e}"))?;
+            builder = builder.to(to);
+        }
+        let text = SinglePart::builder()
+            .header(ContentType::TEXT_PLAIN)
+            .body(body);
+        let message = match attachment {
+            None => builder.singlepart(text),
+            Some((name, content_type, bytes)) => {
+                let content_type = ContentType::parse(content_type)
+                    .map_err(|e| format!("attachment content type: {e}"))?;
+                builder.multipart(
+                    MultiPart::mixed()
+                        .singlepart(text)
+                        .singlepart(Attachment::new(name.to_string()).body(bytes, content_type)),
+                )
+            }
+        }
+        .map_err(|e| format!("cannot build the message: {e}"))?;
+        match self.transmit(message).await {
+            Attempt::Sent => Ok(()),
+            Attempt::Transient(e) | Attempt::Permanent(e) => Err(e),
+        }
+    }
+
+    /// Hands one built message to the relay (or the file transport).
+    async fn transmit(&mut self, message: Message) -> Attempt {
         let smtp = match &self.transport {
             Transport::Smtp(smtp) => smtp,
             Transport::File(file) => {

@@ -142,12 +142,12 @@ pub fn render(
 }
 
 /// The longest a caller's text may run in an email line.
-const MAX_FIELD_CHARS: usize = 200;
+pub const MAX_FIELD_CHARS: usize = 200;
 
 /// `text` as one line of at most `max` characters: line breaks, tabs and
 /// other control characters (and Unicode's line and paragraph separators)
 /// become spaces, so no field can start a line of its own in the body.
-fn one_line(text: &str, max: usize) -> String {
+pub fn one_line(text: &str, max: usize) -> String {
     let mut line: String = text
         .chars()
         .map(|c| {

@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod escalation;
 pub mod group_commit;
+pub mod jobs;
 pub mod notifications;
 pub mod reports;
 pub mod revocations;
@@ -141,6 +142,7 @@ const MIGRATIONS: &[Embedded] = &[
     migration!(4, "realtime", "0004_realtime.sql"),
     migration!(5, "audit guards", "0005_audit_guards.sql"),
     migration!(6, "revocations", "0006_revocations.sql"),
+    migration!(7, "job runs", "0007_job_runs.sql"),
 ];
 
 impl Store {

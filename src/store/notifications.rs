@@ -221,6 +221,30 @@ pub async fn open_for(
     Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
 }
 
+/// Open notifications of one severity, due first: at most `limit`, and how
+/// many are open in all (for the daily digest).
+pub async fn open_of_severity(
+    conn: &mut AnyConnection,
+    severity: &str,
+    limit: u32,
+) -> Result<(Vec<Notification>, i64), StoreError> {
+    let open = "severity = $1 AND state IN ('pending', 'escalated')";
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM notifications WHERE {open} ORDER BY ack_deadline, seq LIMIT {limit}"
+    )))
+    .bind(severity)
+    .fetch_all(&mut *conn)
+    .await?;
+    let total: i64 = sqlx::query(AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM notifications WHERE {open}"
+    )))
+    .bind(severity)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get(0)?;
+    Ok((rows.iter().map(from_row).collect::<Result<_, _>>()?, total))
+}
+
 /// How many notifications are open for a user (direct or through a role).
 pub async fn count_open_for(
     conn: &mut AnyConnection,
