@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The Debian package as an administrator meets it, on this machine (root
-# needed; no running systemd needed): lintian; `dpkg -i`; `dpkg -i` of the
-# next version, which ships a changed readback.toml, without a conffile
-# question; `dpkg --purge`, which leaves nothing behind.
+# needed; no running systemd needed): lintian; an upgrade from 0.1.0 (whose
+# postinst wrote the secret into readback.toml) without a conffile question;
+# `dpkg -i`; `dpkg -i` of the next version, which ships a changed
+# readback.toml, without a conffile question; `dpkg --purge`, which leaves
+# nothing behind.
 # Usage: scripts/test-package.sh PACKAGE.deb   (built by scripts/package.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +62,30 @@ check_installed() {
     [ -s "$path" ] || fail "$path is not installed"
   done
 }
+
+# 0.1.0 as it was released: the same files but for its postinst and
+# readback.toml (kept in scripts/package-previous/), no preinst or postrm.
+echo "dpkg -i 0.1.0, then upgrade to $version"
+previous="$work/readback-previous.deb"
+dpkg-deb -R "$deb" "$work/previous"
+cp scripts/package-previous/readback.toml "$work/previous$conf"
+cp scripts/package-previous/postinst "$work/previous/DEBIAN/postinst"
+rm -f "$work/previous/DEBIAN/preinst" "$work/previous/DEBIAN/postrm"
+sed -i "s/^Version: .*/Version: $version~previous/" "$work/previous/DEBIAN/control"
+(cd "$work/previous" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum) \
+  >"$work/previous/DEBIAN/md5sums"
+dpkg-deb --root-owner-group -Zgzip -z1 -b "$work/previous" "$previous" >/dev/null
+dpkg -i "$previous" </dev/null >"$work/previous.log" 2>&1 || { cat "$work/previous.log"; fail "dpkg -i (0.1.0)"; }
+generated=$(sed -n 's/^jwt_secret = "\(.*\)"$/\1/p' "$conf")
+[ ${#generated} -ge 32 ] || fail "0.1.0's postinst did not write a secret into $conf"
+dpkg -i "$deb" </dev/null >"$work/from-previous.log" 2>&1 ||
+  { cat "$work/from-previous.log"; fail "dpkg -i (upgrade from 0.1.0)"; }
+! grep -q "Configuration file '$conf'" "$work/from-previous.log" ||
+  { cat "$work/from-previous.log"; fail "the upgrade from 0.1.0 asked about $conf"; }
+check_installed "$version"
+[ "$(cat "$secret")" = "$generated" ] || fail "the upgrade from 0.1.0 did not keep its JWT secret"
+purge
+[ ! -e "$secret" ] || fail "purge left $secret"
 
 echo "dpkg -i $(basename "$deb")"
 dpkg -i "$deb" </dev/null >"$work/install.log" 2>&1 || { cat "$work/install.log"; fail "dpkg -i"; }
