@@ -34,15 +34,7 @@ fn runs_of(job: &str) -> Audit {
 }
 
 async fn metrics(daemon: &Daemon) -> String {
-    let http = Http::default();
-    http.client()
-        .get(format!("{}/metrics", daemon.url))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body")
+    daemon.metrics_text().await
 }
 
 /// The value of the sample whose name and labels are exactly `series`.

@@ -498,23 +498,6 @@ fn version_man_pages_and_completions_come_from_the_command_line() {
     }
 }
 
-/// `readbackd` with extra environment variables: its exit code and output.
-fn readbackd_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_readbackd"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run readbackd");
-    (
-        output.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
-}
-
 async fn support_commands_show_send_retry_and_trace(db: Db) {
     let smtp = SmtpServer::start().await;
     let env = TestEnv::with_config(

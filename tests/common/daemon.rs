@@ -19,6 +19,16 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// The body of `GET /metrics` (Prometheus text).
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     pub async fn start(config: &Path) -> Self {
         Self::start_with_env(config, &[]).await
     }
@@ -114,8 +124,14 @@ impl Daemon {
 /// Runs `readbackd` with `args` to completion: its exit code and everything
 /// it printed (stdout, then stderr).
 pub fn readbackd(args: &[&str]) -> (Option<i32>, String) {
+    readbackd_with_env(args, &[])
+}
+
+/// [`readbackd`] with extra environment variables.
+pub fn readbackd_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_readbackd"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run readbackd");
     (

@@ -134,17 +134,11 @@ async fn raise(http: &Http, daemon: &Daemon, token: &str, user: &str) -> Reply {
 }
 
 /// The value of one line of `/metrics` (`0` when absent).
-async fn metric(http: &Http, daemon: &Daemon, line: &str) -> u64 {
-    let text = http
-        .client()
-        .get(format!("{}/metrics", daemon.url))
-        .send()
+async fn metric(daemon: &Daemon, line: &str) -> u64 {
+    daemon
+        .metrics_text()
         .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(line))
         .map_or(0, |value| value.trim().parse().expect("a counter value"))
 }
@@ -329,15 +323,10 @@ async fn a_new_key_is_fetched_at_its_first_use_at_most_once_per_cooldown(db: Db)
     assert_eq!(server.requests(), 2, "no fetch within the cooldown");
 
     assert_eq!(
-        metric(
-            &http,
-            &daemon,
-            "readback_jwks_refresh_total{outcome=\"ok\"}"
-        )
-        .await,
+        metric(&daemon, "readback_jwks_refresh_total{outcome=\"ok\"}").await,
         2
     );
-    assert_eq!(metric(&http, &daemon, "readback_jwks_keys").await, 2);
+    assert_eq!(metric(&daemon, "readback_jwks_keys").await, 2);
 }
 
 /// A key the identity provider withdraws stops verifying once the
@@ -411,7 +400,6 @@ async fn a_jwks_server_down_at_start_refuses_logins_until_it_is_back(db: Db) {
     assert_eq!(reply.status, 401, "{}", reply.body);
     assert!(
         metric(
-            &http,
             &daemon,
             "readback_jwks_refresh_total{outcome=\"unreachable\"}"
         )
@@ -434,7 +422,6 @@ async fn a_jwks_server_down_at_start_refuses_logins_until_it_is_back(db: Db) {
     // fetched before still verify, and the daemon stays ready.
     server.stop().await;
     let failed = metric(
-        &http,
         &daemon,
         "readback_jwks_refresh_total{outcome=\"unreachable\"}",
     )
@@ -448,7 +435,6 @@ async fn a_jwks_server_down_at_start_refuses_logins_until_it_is_back(db: Db) {
         401
     );
     let unreachable = metric(
-        &http,
         &daemon,
         "readback_jwks_refresh_total{outcome=\"unreachable\"}",
     )

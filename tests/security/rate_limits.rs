@@ -74,13 +74,10 @@ fn assert_rate_limited(answer: &Answer) {
 
 /// The value of one metric line, e.g. `readback_rate_limited_total{limit="raises"}`.
 async fn metric(daemon: &Daemon, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{}/metrics", daemon.url))
+    daemon
+        .metrics_text()
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
+        .lines()
         .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
 }
 
